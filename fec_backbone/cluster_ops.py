@@ -1,0 +1,162 @@
+"""The clustering step of FEC, written as argmax + scatter-add + gather.
+
+Every point is assigned to exactly one centre (its most similar one), so
+
+* aggregation is a scatter-add of the point values into their centre, ``O(N*D)``;
+* dispatch is a gather of each point's centre value scaled by its similarity, ``O(N*D)``.
+
+The reference formulation instead multiplies a ``[G, M, N, D]`` tensor by a one-hot mask, which costs
+``M`` times the memory and arithmetic. Both give the same numbers; ``tests/reference_fec.py`` holds the
+reference formulation as the oracle.
+
+All tensors stay channel-first (``[G, C, N]``) so no transpose copies are needed around the step.
+
+Scatter backends: ``"torch"`` (native ``scatter_add_``, always available) and ``"torch_scatter"``
+(the optional ``torch-scatter`` extension). Choose one with :func:`set_scatter_backend` or the
+``FEC_SCATTER_BACKEND`` environment variable.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "cosine_similarity",
+    "assign",
+    "aggregate",
+    "dispatch",
+    "cluster_mix",
+    "cluster_pool",
+    "available_scatter_backends",
+    "get_scatter_backend",
+    "set_scatter_backend",
+]
+
+_BACKENDS = ("torch", "torch_scatter")
+_backend = os.environ.get("FEC_SCATTER_BACKEND", "torch")
+
+
+def _torch_scatter_available() -> bool:
+    try:
+        import torch_scatter  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+def available_scatter_backends() -> Tuple[str, ...]:
+    """The scatter backends that work in this environment."""
+    return tuple(b for b in _BACKENDS if b == "torch" or _torch_scatter_available())
+
+
+def get_scatter_backend() -> str:
+    """The backend :func:`aggregate` uses when none is passed."""
+    return _backend
+
+
+def set_scatter_backend(name: str) -> None:
+    """Select the default scatter backend: ``"torch"`` or ``"torch_scatter"``."""
+    global _backend
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown scatter backend {name!r}; choose one of {_BACKENDS}")
+    if name == "torch_scatter" and not _torch_scatter_available():
+        raise ImportError(
+            "scatter backend 'torch_scatter' needs the torch-scatter package: "
+            "pip install 'fec-backbone[scatter]' (or use the always-available 'torch' backend)"
+        )
+    _backend = name
+
+
+def cosine_similarity(centers: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every centre with every point.
+
+    centers: ``[G, C, M]``, points: ``[G, C, N]`` -> ``[G, M, N]``.
+    """
+    centers = F.normalize(centers, dim=1)
+    points = F.normalize(points, dim=1)
+    return torch.bmm(centers.transpose(1, 2), points)
+
+
+def assign(sim: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Hard assignment of each point to its most similar centre.
+
+    sim: ``[G, M, N]`` -> (similarity to the chosen centre ``[G, N]``, centre index ``[G, N]``).
+    Gradients flow only into the chosen entries of ``sim``, as with the reference's one-hot mask.
+    """
+    return sim.max(dim=1)
+
+
+def aggregate(
+    values: torch.Tensor,
+    center_values: torch.Tensor,
+    index: torch.Tensor,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Mean of each cluster's members together with its centre value.
+
+    values: ``[G, D, N]``, center_values: ``[G, D, M]``, index: ``[G, N]`` (int64) -> ``[G, D, M]``:
+    ``(sum of member values + centre value) / (members + 1)``.
+    """
+    g, d, n = values.shape
+    m = center_values.shape[-1]
+    backend = backend or _backend
+    counts = torch.zeros(g, 1, m, dtype=values.dtype, device=values.device)
+    counts = counts.scatter_add(2, index.unsqueeze(1), torch.ones_like(values[:, :1]))
+    expanded = index.unsqueeze(1).expand(g, d, n)
+    if backend == "torch_scatter":
+        from torch_scatter import scatter_sum
+
+        sums = scatter_sum(values, expanded, dim=2, dim_size=m)
+    else:
+        sums = values.new_zeros(g, d, m).scatter_add(2, expanded, values)
+    return (sums + center_values) / (counts + 1.0)
+
+
+def dispatch(clusters: torch.Tensor, sim: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Send each cluster's value back to its members, scaled by their similarity.
+
+    clusters: ``[G, D, M]``, sim: ``[G, N]``, index: ``[G, N]`` -> ``[G, D, N]``.
+    """
+    g, d, _ = clusters.shape
+    picked = clusters.gather(2, index.unsqueeze(1).expand(g, d, index.shape[-1]))
+    return picked * sim.unsqueeze(1)
+
+
+def cluster_mix(
+    points: torch.Tensor,
+    centers: torch.Tensor,
+    values: torch.Tensor,
+    center_values: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """The token mixer of a clustering block.
+
+    points ``[G, C, N]``, centers ``[G, C, M]``, values ``[G, D, N]``, center_values ``[G, D, M]``,
+    alpha and beta scalars (``[1]``) -> ``[G, D, N]``.
+    """
+    sim = torch.sigmoid(beta + alpha * cosine_similarity(centers, points))
+    best, index = assign(sim)
+    clusters = aggregate(values, center_values, index, backend)
+    return dispatch(clusters, best, index)
+
+
+def cluster_pool(
+    points: torch.Tensor,
+    centers: torch.Tensor,
+    values: torch.Tensor,
+    center_values: torch.Tensor,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Clustering-based pooling: points vote into centres by plain cosine similarity.
+
+    points ``[G, C, N]``, centers ``[G, C, M]``, values ``[G, D, N]``, center_values ``[G, D, M]``
+    -> ``[G, D, M]``. Only the assignment (an argmax) depends on ``points`` and ``centers``, so no
+    gradient reaches them.
+    """
+    index = cosine_similarity(centers.detach(), points.detach()).argmax(dim=1)
+    return aggregate(values, center_values, index, backend)

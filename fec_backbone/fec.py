@@ -1,0 +1,604 @@
+"""FEC: Feature Extraction with Clustering (Chen et al., CVPR 2024), as a timm model.
+
+The image, with two normalised coordinate channels appended, is embedded by a stride-4 convolution,
+then passes four stages. Each stage (but the first) starts with a clustering-based pooling that halves
+the resolution, followed by clustering blocks: per head, centres are proposed by adaptive average
+pooling, every pixel joins its most similar centre (cosine similarity under a learnable sigmoid),
+clusters average their members with their centre, and each pixel receives its cluster's value scaled by
+its similarity. GroupNorm with one group normalises throughout.
+
+Semantics follow the official ``models/fec.py`` (guikunchen/FEC); official ImageNet checkpoints load
+through :func:`checkpoint_filter_fn`. The clustering itself lives in :mod:`fec_backbone.cluster_ops`.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, get_device_dtype, trunc_normal_
+from timm.models import adapt_input_conv
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._features_fx import register_notrace_function
+
+from .cluster_ops import cluster_mix, cluster_pool
+from .checkpoint import check_keys, read_checkpoint, unwrap_state_dict
+
+__all__ = ["FEC", "PRESETS", "checkpoint_filter_fn", "count_parameters"]
+
+IntOrPair = Union[int, Tuple[int, int]]
+
+#: Per-stage clustering layouts used by the reference for each task. ``proposals`` is the number of
+#: centres per side, ``folds`` the number of regions per side that cluster independently.
+PRESETS: Dict[str, Dict[str, Tuple[int, ...]]] = {
+    "classification": dict(proposals=(4, 4, 2, 2), folds=(1, 1, 1, 1)),  # ImageNet, 224 px
+    "segmentation": dict(proposals=(10, 10, 5, 5), folds=(1, 1, 1, 1)),  # ADE20K, 512 px
+    "detection": dict(proposals=(7, 7, 7, 7), folds=(2, 2, 1, 1)),  # COCO, 1333x800
+}
+
+
+def _pair(v: IntOrPair) -> Tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+class GroupNorm1(nn.GroupNorm):
+    """GroupNorm with a single group (normalises over C, H and W): ``[B, C, H, W]``."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__(1, num_channels, eps=eps, device=device, dtype=dtype)
+
+
+# The clustering step is data-dependent (argmax, scatter, gather): FX graphs keep it as one call.
+register_notrace_function(cluster_mix)
+register_notrace_function(cluster_pool)
+
+
+@register_notrace_function
+def check_input(x: torch.Tensor, in_chans: int, divisor: int) -> None:
+    """Reject inputs FEC cannot process, saying what is wrong and what to do."""
+    if x.ndim != 4:
+        raise ValueError(f"FEC expects a 4-D [B, C, H, W] image batch, got shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f"FEC was built for {in_chans} input channels but the image has {x.shape[1]}; "
+            f"create the model with in_chans={x.shape[1]} or convert the image"
+        )
+    h, w = x.shape[-2:]
+    if h % divisor or w % divisor:
+        raise ValueError(
+            f"FEC needs image height and width divisible by {divisor}, got {h}x{w}; "
+            f"resize or pad the image (e.g. to {-(-h // divisor) * divisor}x{-(-w // divisor) * divisor})"
+        )
+
+
+@register_notrace_function
+def fold(x: torch.Tensor, folds: Tuple[int, int]) -> torch.Tensor:
+    """Split a map into ``fh*fw`` regions that cluster independently: ``[B, C, H, W]`` ->
+    ``[B*fh*fw, C, H/fh, W/fw]`` (region-major, as the reference's rearrange)."""
+    fh, fw = folds
+    if fh == 1 and fw == 1:
+        return x
+    b, c, h, w = x.shape
+    if h % fh or w % fw:
+        raise ValueError(
+            f"a {h}x{w} feature map cannot be split into {fh}x{fw} clustering regions: its height must "
+            f"be divisible by {fh} and its width by {fw}; change the input size or the model's `folds`"
+        )
+    x = x.reshape(b, c, fh, h // fh, fw, w // fw).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b * fh * fw, c, h // fh, w // fw)
+
+
+@register_notrace_function
+def unfold(x: torch.Tensor, folds: Tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`fold`: ``[B*fh*fw, C, h, w]`` -> ``[B, C, fh*h, fw*w]``."""
+    fh, fw = folds
+    if fh == 1 and fw == 1:
+        return x
+    g, c, h, w = x.shape
+    x = x.reshape(g // (fh * fw), fh, fw, c, h, w).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(g // (fh * fw), c, fh * h, fw * w)
+
+
+class Stem(nn.Module):
+    """Append normalised row/column coordinates (in [-0.5, 0.5]) and embed with a stride-4 conv.
+
+    ``[B, in_chans, H, W]`` -> ``[B, dim, H/4, W/4]``.
+    """
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int = 4, device=None, dtype=None):
+        super().__init__()
+        self.in_chans = in_chans
+        self.proj = nn.Conv2d(in_chans + 2, dim, kernel_size=patch_size, stride=patch_size, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        rows = torch.arange(h, device=x.device, dtype=torch.float32) / (h - 1.0) - 0.5
+        cols = torch.arange(w, device=x.device, dtype=torch.float32) / (w - 1.0) - 0.5
+        coords = torch.stack(
+            (rows.view(h, 1).expand(h, w), cols.view(1, w).expand(h, w)), dim=0
+        ).to(x.dtype)
+        x = torch.cat((x, coords.unsqueeze(0).expand(b, 2, h, w)), dim=1)
+        return self.proj(x)
+
+
+class ClusterMixer(nn.Module):
+    """Token mixer of a block: multi-head clustering of the pixels of a map. ``[B, C, H, W]`` in and out."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        head_dim: int,
+        proposals: IntOrPair = 2,
+        folds: IntOrPair = 1,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.heads = heads
+        self.head_dim = head_dim
+        self.proposals = _pair(proposals)
+        self.folds = _pair(folds)
+        self.f = nn.Conv2d(dim, heads * head_dim, kernel_size=1, **dd)
+        self.v = nn.Conv2d(dim, heads * head_dim, kernel_size=1, **dd)
+        self.proj = nn.Conv2d(heads * head_dim, dim, kernel_size=1, **dd)
+        self.sim_alpha = nn.Parameter(torch.ones(1, **dd))
+        self.sim_beta = nn.Parameter(torch.zeros(1, **dd))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        feats = fold(self.f(x).reshape(b * self.heads, self.head_dim, h, w), self.folds)
+        values = fold(self.v(x).reshape(b * self.heads, self.head_dim, h, w), self.folds)
+        g, d, fh, fw = values.shape
+        centers = F.adaptive_avg_pool2d(feats, self.proposals).flatten(2)
+        center_values = F.adaptive_avg_pool2d(values, self.proposals).flatten(2)
+        out = cluster_mix(
+            feats.flatten(2), centers, values.flatten(2), center_values, self.sim_alpha, self.sim_beta
+        )
+        out = unfold(out.reshape(g, d, fh, fw), self.folds)
+        return self.proj(out.reshape(b, self.heads * self.head_dim, h, w))
+
+
+class Mlp(nn.Module):
+    """Two-layer pointwise MLP with GELU, held as ``nn.Linear`` weights and run as 1x1 convs so the
+    map stays channel-first: ``[B, C, H, W]`` in and out."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0, device=None, dtype=None):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, device=device, dtype=dtype)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim, device=device, dtype=dtype)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.act(F.conv2d(x, self.fc1.weight[:, :, None, None], self.fc1.bias)))
+        return self.drop(F.conv2d(x, self.fc2.weight[:, :, None, None], self.fc2.bias))
+
+
+class ClusterBlock(nn.Module):
+    """Pre-norm residual block: clustering token mixer, then MLP, each with layer scale and drop path."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        head_dim: int,
+        mlp_ratio: float = 4.0,
+        proposals: IntOrPair = 2,
+        folds: IntOrPair = 1,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+        layer_scale_init_value: float = 1e-5,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.norm1 = GroupNorm1(dim, **dd)
+        self.token_mixer = ClusterMixer(dim, heads, head_dim, proposals, folds, **dd)
+        self.norm2 = GroupNorm1(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, **dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.layer_scale_1 = nn.Parameter(torch.full((dim,), layer_scale_init_value, **dd))
+        self.layer_scale_2 = nn.Parameter(torch.full((dim,), layer_scale_init_value, **dd))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.layer_scale_1[:, None, None] * self.token_mixer(self.norm1(x)))
+        return x + self.drop_path(self.layer_scale_2[:, None, None] * self.mlp(self.norm2(x)))
+
+
+class FrozenConv1x1(nn.Module):
+    """A 1x1 convolution whose weight and bias are buffers (state-dict keys ``weight``/``bias``).
+
+    Used for ``ClusterPool.conv_f``: its output only feeds an argmax, so it can never receive a
+    gradient (see :class:`ClusterPool`).
+    """
+
+    def __init__(self, in_chans: int, out_chans: int, device=None, dtype=None):
+        super().__init__()
+        init = nn.Conv2d(in_chans, out_chans, kernel_size=1, device=device, dtype=dtype)  # PyTorch's default init
+        self.register_buffer("weight", init.weight.detach().clone())
+        self.register_buffer("bias", init.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias)
+
+
+class ClusterPool(nn.Module):
+    """Clustering-based downsampling between stages: ``[B, C, H, W]`` -> ``[B, D, H/2, W/2]``.
+
+    Centres sit on the half-resolution grid (2x2 average of a feature projection); each pixel votes
+    its value into its most similar centre (plain cosine similarity), and a centre becomes the mean of
+    its voters together with its own pooled value. A strided 3x3 conv is the skip path.
+
+    Why ``conv_f`` is a buffer: the official model's ``conv_f`` is an ``nn.Conv2d`` whose output only
+    reaches the argmax of the assignment, so autograd never gives it a gradient; that is why the
+    official training needs DDP's ``find_unused_parameters=True``. The weights still matter (they
+    decide the assignments, and official checkpoints carry them), so here they are non-trainable
+    buffers under the same keys ``conv_f.weight``/``conv_f.bias``: checkpoints load unchanged, DDP
+    runs without ``find_unused_parameters``, and every trainable parameter gets a gradient.
+    """
+
+    def __init__(self, in_chans: int, out_chans: int, folds: IntOrPair = 1, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.folds = _pair(folds)
+        self.norm2 = GroupNorm1(out_chans, **dd)
+        self.conv_f = FrozenConv1x1(in_chans, out_chans, **dd)
+        self.conv_v = nn.Conv2d(in_chans, out_chans, kernel_size=1, **dd)
+        self.conv_skip = nn.Conv2d(in_chans, out_chans, kernel_size=3, stride=2, padding=1, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.conv_skip(x)
+        values = fold(self.conv_v(x), self.folds)
+        feats = fold(self.conv_f(x.detach()), self.folds)
+        g, d, h, w = values.shape
+        grid = (h // 2, w // 2)
+        centers = F.adaptive_avg_pool2d(feats, grid).flatten(2)
+        center_values = F.adaptive_avg_pool2d(values, grid).flatten(2)
+        out = cluster_pool(feats.flatten(2), centers, values.flatten(2), center_values)
+        out = unfold(out.reshape(g, d, grid[0], grid[1]), self.folds)
+        return skip + self.norm2(out)
+
+
+class FecStage(nn.Module):
+    """Optional clustering pool followed by clustering blocks."""
+
+    def __init__(self, downsample: Optional[nn.Module], blocks: Sequence[nn.Module]):
+        super().__init__()
+        self.downsample = downsample if downsample is not None else nn.Identity()
+        self.blocks = nn.Sequential(*blocks)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+def _per_stage(value: Union[IntOrPair, Sequence[IntOrPair]], n: int, name: str) -> List[IntOrPair]:
+    if isinstance(value, int):
+        return [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise ValueError(f"`{name}` needs one entry per stage ({n}), got {value}")
+    return value
+
+
+class FEC(nn.Module):
+    """The FEC backbone and classifier.
+
+    Args:
+        layers: blocks per stage.
+        embed_dims: channels per stage.
+        mlp_ratios: MLP expansion per stage.
+        heads, head_dim: clustering heads per stage and their width.
+        proposals: centres per side per stage (int or (rows, cols)); see :data:`PRESETS`.
+        folds: clustering regions per side per stage (int or (rows, cols)); a feature map that a fold
+            does not divide raises ``ValueError``.
+        preset: name in :data:`PRESETS`, sets ``proposals`` and ``folds`` unless given explicitly.
+        in_chans: image channels (the stem sees ``in_chans + 2`` with the coordinates).
+        num_classes: classifier outputs; 0 for no classifier.
+        global_pool: ``'avg'`` or ``''`` (no pooling in :meth:`forward_head`).
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[int] = (3, 4, 5, 2),
+        embed_dims: Sequence[int] = (32, 64, 196, 320),
+        mlp_ratios: Sequence[float] = (8, 8, 4, 4),
+        heads: Sequence[int] = (4, 4, 8, 8),
+        head_dim: Union[int, Sequence[int]] = 24,
+        proposals: Optional[Sequence[IntOrPair]] = None,
+        folds: Optional[Sequence[IntOrPair]] = None,
+        preset: str = "classification",
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        layer_scale_init_value: float = 1e-5,
+        output_stride: int = 32,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        if output_stride != 32:
+            raise ValueError(
+                f"FEC supports output_stride=32 only (got {output_stride}): its clustering pools always halve "
+                "the resolution, so it has no dilated mode; use a decoder that takes stride-32 features"
+            )
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        n = len(layers)
+        proposals = _per_stage(PRESETS[preset]["proposals"] if proposals is None else proposals, n, "proposals")
+        folds = _per_stage(PRESETS[preset]["folds"] if folds is None else folds, n, "folds")
+        head_dims = _per_stage(head_dim, n, "head_dim")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.drop_rate = drop_rate
+        self.in_chans = in_chans
+        self.embed_dims = list(embed_dims)
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.reduction = 4 * 2 ** (n - 1)
+
+        self.stem = Stem(in_chans, embed_dims[0], **dd)
+        total = sum(layers)
+        stages = []
+        self.feature_info = []
+        start = 0
+        for i in range(n):
+            downsample = ClusterPool(embed_dims[i - 1], embed_dims[i], folds[i], **dd) if i > 0 else None
+            blocks = [
+                ClusterBlock(
+                    embed_dims[i],
+                    heads[i],
+                    head_dims[i],
+                    mlp_ratio=mlp_ratios[i],
+                    proposals=proposals[i],
+                    folds=folds[i],
+                    drop=proj_drop_rate,
+                    drop_path=drop_path_rate * (start + j) / max(total - 1, 1),
+                    layer_scale_init_value=layer_scale_init_value,
+                    **dd,
+                )
+                for j in range(layers[i])
+            ]
+            start += layers[i]
+            stages.append(FecStage(downsample, blocks))
+            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=4 * 2**i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.norm = GroupNorm1(self.num_features, **dd)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def describe(self) -> str:
+        """Short architecture summary used in error messages."""
+        depths = [len(s.blocks) for s in self.stages]
+        return f"depths {depths}, widths {self.embed_dims}, in_chans {self.in_chans}"
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        """Parameters AdamW should not decay: clustering alpha/beta and layer scales."""
+        return {
+            name
+            for name, _ in self.named_parameters()
+            if name.endswith(("sim_alpha", "sim_beta", "layer_scale_1", "layer_scale_2"))
+        }
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"FEC supports global_pool 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        dd = get_device_dtype(self)
+        head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head = head.train(self.training)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs ``[B, C_i, H/4/2^i, W/4/2^i]`` for the stages in ``indices``.
+
+        With ``norm=True`` the last stage's output passes the final norm, as in ``forward_features``.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"FEC returns NCHW features, output_fmt={output_fmt!r} is not supported")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        check_input(x, self.in_chans, self.reduction)
+        x = self.stem(x)
+        last = len(self.stages) - 1
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
+        intermediates = []
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm and i == last else x)
+        if intermediates_only:
+            return intermediates
+        if i == last:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self,
+        indices: Union[int, List[int]] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages after the last one in ``indices`` (and the norm and head if asked)."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in_chans, H, W]`` -> normalised last-stage map ``[B, C, H/32, W/32]``."""
+        check_input(x, self.in_chans, self.reduction)
+        x = self.stem(x)
+        if self.training and not torch.jit.is_scripting() and any(s.grad_checkpointing for s in self.stages):
+            x = checkpoint_seq(self.stages, x)
+        else:
+            x = self.stages(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``[B, C, h, w]`` -> logits ``[B, num_classes]`` (or pooled features with ``pre_logits``)."""
+        if self.global_pool == "avg":
+            x = x.mean((2, 3))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Parameters as the official code counts them: trainable ones plus the frozen ``conv_f`` buffers."""
+    frozen = sum(b.numel() for m in model.modules() if isinstance(m, FrozenConv1x1) for b in m.buffers())
+    return sum(p.numel() for p in model.parameters()) + frozen
+
+
+def _official_key(key: str) -> str:
+    """Map an official key (``network.<i>...``, ``patch_embed.proj...``) to this module layout."""
+    if key.startswith("patch_embed."):
+        return "stem." + key[len("patch_embed."):]
+    if key.startswith("network."):
+        index, rest = key[len("network."):].split(".", 1)
+        i = int(index)
+        if i % 2 == 0:
+            return f"stages.{i // 2}.blocks.{rest}"
+        return f"stages.{(i + 1) // 2}.downsample.{rest}"
+    return key
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FEC) -> Dict[str, torch.Tensor]:
+    """Turn an official FEC checkpoint (or one of ours) into this model's state dict.
+
+    Accepts the state dict raw, nested under ``state_dict``/``model`` or saved from DDP; maps official
+    keys; adapts the image channels of the stem for another ``in_chans`` (the two coordinate channels
+    are kept). Raises :class:`~fec_backbone.checkpoint.CheckpointError` naming missing, unexpected and
+    mis-shaped keys for a checkpoint of another architecture. Classifier keys are not checked: timm's
+    loader drops them when ``num_classes`` differs.
+    """
+    out = {_official_key(k): v for k, v in unwrap_state_dict(state_dict).items()}
+    stem_key = "stem.proj.weight"
+    if stem_key in out and isinstance(model, FEC):
+        weight = out[stem_key]
+        image_chans = weight.shape[1] - 2
+        if image_chans != model.in_chans and image_chans > 0:
+            image = adapt_input_conv(model.in_chans, weight[:, :image_chans], base_chans=image_chans)
+            out[stem_key] = torch.cat((image, weight[:, image_chans:]), dim=1)
+    if isinstance(model, FEC):
+        check_keys(out, model.state_dict(), f"{type(model).__name__} ({model.describe()})", ("head.",))
+    return out
+
+
+def _create_fec(variant: str, pretrained: bool = False, **kwargs: Any) -> FEC:
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if pretrained and overlay.get("file"):
+        read_checkpoint(overlay["file"])  # fail early with a clear message on a missing or damaged file
+    return build_model_with_cfg(
+        FEC,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **kwargs,
+    )
+
+
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.9,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.proj",
+        "classifier": "head",
+        "license": "mit",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs(
+    {
+        "fec_small.in1k": _cfg(),
+        "fec_base.in1k": _cfg(),
+        "fec_large.in1k": _cfg(),
+    }
+)
+
+MODEL_ARGS: Dict[str, Dict[str, Any]] = {
+    "fec_small": dict(layers=(3, 4, 5, 2), embed_dims=(32, 64, 196, 320), heads=(4, 4, 8, 8), head_dim=24),
+    "fec_base": dict(layers=(2, 2, 6, 2), embed_dims=(64, 128, 320, 512), heads=(4, 4, 8, 8), head_dim=32),
+    "fec_large": dict(layers=(4, 4, 12, 4), embed_dims=(64, 128, 320, 512), heads=(6, 6, 12, 12), head_dim=32),
+}
+
+
+@register_model
+def fec_small(pretrained: bool = False, **kwargs: Any) -> FEC:
+    """FEC-Small: 5.7M parameters, 1.4 GFLOPs at 224 px."""
+    return _create_fec("fec_small", pretrained, **dict(MODEL_ARGS["fec_small"], **kwargs))
+
+
+@register_model
+def fec_base(pretrained: bool = False, **kwargs: Any) -> FEC:
+    """FEC-Base: 15.1M parameters, 3.4 GFLOPs at 224 px."""
+    return _create_fec("fec_base", pretrained, **dict(MODEL_ARGS["fec_base"], **kwargs))
+
+
+@register_model
+def fec_large(pretrained: bool = False, **kwargs: Any) -> FEC:
+    """FEC-Large: 29.7M parameters, 6.5 GFLOPs at 224 px."""
+    return _create_fec("fec_large", pretrained, **dict(MODEL_ARGS["fec_large"], **kwargs))

@@ -1,0 +1,114 @@
+"""The gather/scatter clustering op equals the dense reference formulation, values and gradients."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from fec_backbone import cluster_ops
+from helpers import rel_err
+from reference_fec import dense_cluster
+
+REQUIRE_SCATTER = os.environ.get("FEC_REQUIRE_TORCH_SCATTER") == "1"
+
+
+def _backends():
+    params = [pytest.param("torch", id="torch")]
+    marks = []
+    if "torch_scatter" not in cluster_ops.available_scatter_backends() and not REQUIRE_SCATTER:
+        marks = [pytest.mark.skip(reason="torch-scatter not installed (pip install 'fec-backbone[scatter]')")]
+    params.append(pytest.param("torch_scatter", id="torch_scatter", marks=marks))
+    return params
+
+
+def _maps(dtype=torch.float32, g=6, c=8, d=12, h=14, w=10):
+    x = torch.randn(g, c, h, w, dtype=dtype, requires_grad=True)
+    v = torch.randn(g, d, h, w, dtype=dtype, requires_grad=True)
+    alpha = torch.tensor([1.7], dtype=dtype, requires_grad=True)
+    beta = torch.tensor([-0.3], dtype=dtype, requires_grad=True)
+    return x, v, alpha, beta
+
+
+def _ours_mix(x, v, alpha, beta, grid, backend):
+    feats_c = torch.nn.functional.adaptive_avg_pool2d(x, grid).flatten(2)
+    vals_c = torch.nn.functional.adaptive_avg_pool2d(v, grid).flatten(2)
+    out = cluster_ops.cluster_mix(x.flatten(2), feats_c, v.flatten(2), vals_c, alpha, beta, backend)
+    return out.transpose(1, 2)  # [G, N, D] like the reference
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("grid", [(2, 2), (4, 3), (7, 7)])
+def test_cluster_mix_matches_reference(backend, grid):
+    x, v, alpha, beta = _maps()
+    ref = dense_cluster(x, v, grid, alpha, beta)
+    ours = _ours_mix(x, v, alpha, beta, grid, backend)
+    assert ours.shape == ref.shape == (6, 140, 12)
+    assert rel_err(ours, ref) < 1e-5
+    upstream = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, (x, v, alpha, beta), upstream)
+    our_grads = torch.autograd.grad(ours, (x, v, alpha, beta), upstream)
+    for mine, theirs in zip(our_grads, ref_grads):
+        assert rel_err(mine, theirs) < 1e-5
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_cluster_pool_matches_reference(backend):
+    x, v, _, _ = _maps(h=16, w=12)
+    ref = dense_cluster(x, v, (8, 6), dispatch=False)
+    grid_f = torch.nn.functional.adaptive_avg_pool2d(x, (8, 6)).flatten(2)
+    grid_v = torch.nn.functional.adaptive_avg_pool2d(v, (8, 6)).flatten(2)
+    ours = cluster_ops.cluster_pool(x.flatten(2), grid_f, v.flatten(2), grid_v, backend).transpose(1, 2)
+    assert rel_err(ours, ref) < 1e-5
+    upstream = torch.randn_like(ref)
+    (gv_ref,) = torch.autograd.grad(ref, (v,), upstream)
+    (gv,) = torch.autograd.grad(ours, (v,), upstream)
+    assert rel_err(gv, gv_ref) < 1e-5
+
+
+def test_aggregate_is_member_mean_with_centre():
+    values = torch.tensor([[[1.0, 2.0, 3.0, 10.0]]])  # G=1, D=1, N=4
+    centres = torch.tensor([[[0.0, 5.0]]])  # M=2
+    index = torch.tensor([[0, 0, 0, 1]])
+    out = cluster_ops.aggregate(values, centres, index)
+    assert torch.allclose(out, torch.tensor([[[(1 + 2 + 3 + 0) / 4, (10 + 5) / 2]]]))
+
+
+def test_dispatch_gathers_and_scales():
+    clusters = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])  # G=1, D=2, M=2
+    sim = torch.tensor([[0.5, 1.0, 0.25]])
+    index = torch.tensor([[1, 0, 1]])
+    out = cluster_ops.dispatch(clusters, sim, index)
+    assert torch.equal(out, torch.tensor([[[1.0, 1.0, 0.5], [2.0, 3.0, 1.0]]]))
+
+
+def test_assignment_is_a_partition():
+    x, v, alpha, beta = _maps()
+    sim = torch.sigmoid(beta + alpha * cluster_ops.cosine_similarity(x.flatten(2)[:, :, :5], x.flatten(2)))
+    best, index = cluster_ops.assign(sim)
+    assert index.shape == (6, 140) and index.min() >= 0 and index.max() < 5
+    assert torch.equal(best, sim.max(dim=1).values)
+
+
+def test_backends_agree_and_selection():
+    if "torch_scatter" not in cluster_ops.available_scatter_backends():
+        if REQUIRE_SCATTER:
+            pytest.fail("FEC_REQUIRE_TORCH_SCATTER=1 but torch-scatter is not importable")
+        with pytest.raises(ImportError, match="torch-scatter"):
+            cluster_ops.set_scatter_backend("torch_scatter")
+        return
+    x, v, alpha, beta = _maps(dtype=torch.float64)
+    a = _ours_mix(x, v, alpha, beta, (4, 4), "torch")
+    b = _ours_mix(x, v, alpha, beta, (4, 4), "torch_scatter")
+    assert rel_err(a, b) < 1e-12
+    previous = cluster_ops.get_scatter_backend()
+    try:
+        cluster_ops.set_scatter_backend("torch_scatter")
+        assert cluster_ops.get_scatter_backend() == "torch_scatter"
+    finally:
+        cluster_ops.set_scatter_backend(previous)
+
+
+def test_unknown_backend_rejected():
+    with pytest.raises(ValueError, match="unknown scatter backend"):
+        cluster_ops.set_scatter_backend("cuda_magic")

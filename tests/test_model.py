@@ -1,0 +1,175 @@
+"""FEC equals the reference formulation, and behaves as a timm model."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import fec_backbone
+from fec_backbone import FEC, PRESETS, count_parameters
+from fec_backbone.fec import ClusterPool, FrozenConv1x1
+from helpers import grads_by_our_key, oracle_pair, rel_err
+
+OFFICIAL_PARAMS = {"fec_small": 5_727_528, "fec_base": 15_086_848, "fec_large": 29_720_344}
+
+
+def _compare(ref, ours, x, tol):
+    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref, y_ours = ref(x_ref), ours(x_ours)
+    assert rel_err(y_ours, y_ref) < tol
+    upstream = torch.randn_like(y_ref)
+    y_ref.backward(upstream)
+    y_ours.backward(upstream)
+    assert rel_err(x_ours.grad, x_ref.grad) < tol
+    ref_grads = grads_by_our_key(ref)
+    for name, p in ours.named_parameters():
+        assert rel_err(p.grad, ref_grads[name]) < tol, name
+
+
+@pytest.mark.parametrize(
+    "name,preset,size",
+    [("fec_small", "classification", 224), ("fec_small", "detection", 128), ("fec_base", "segmentation", 160)],
+)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_equals_reference_float64(name, preset, size, seed):
+    """Exactness on fresh random inputs: in float64 no assignment can flip by rounding."""
+    torch.manual_seed(seed)
+    ref, ours = oracle_pair(name, preset)
+    ref.double(), ours.double()
+    _compare(ref, ours, torch.randn(2, 3, size, size, dtype=torch.float64), 1e-10)
+
+
+@pytest.mark.parametrize("name,preset,size", [("fec_small", "classification", 224), ("fec_small", "detection", 128)])
+def test_equals_reference_float32(name, preset, size):
+    """Outputs and all gradients within 1e-5 (relative to their largest magnitude) in float32.
+
+    Float32 rounding can flip a near-tied argmax for some inputs, a discontinuity of the function
+    itself; the seed is fixed, and the float64 test above covers fresh inputs.
+    """
+    ref, ours = oracle_pair(name, preset)
+    _compare(ref, ours, torch.randn(2, 3, size, size), 1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_PARAMS))
+def test_parameter_count_matches_official(name):
+    assert count_parameters(timm.create_model(name)) == OFFICIAL_PARAMS[name]
+
+
+def test_presets_change_no_parameter():
+    shapes = {p: {k: v.shape for k, v in timm.create_model("fec_small", preset=p).state_dict().items()} for p in PRESETS}
+    assert shapes["classification"] == shapes["detection"] == shapes["segmentation"]
+    model = timm.create_model("fec_small", preset="detection")
+    mixers = [b.token_mixer for s in model.stages for b in s.blocks]
+    assert [m.proposals for m in mixers][0] == (7, 7) and mixers[0].folds == (2, 2) and mixers[-1].folds == (1, 1)
+    custom = timm.create_model("fec_small", proposals=(3, 3, 2, (1, 2)), folds=1)
+    assert custom.stages[3].blocks[0].token_mixer.proposals == (1, 2)
+
+
+def test_conv_f_is_a_buffer_and_every_parameter_learns():
+    model = timm.create_model("fec_small", num_classes=10)
+    pools = [m for m in model.modules() if isinstance(m, ClusterPool)]
+    assert len(pools) == 3
+    for pool in pools:
+        assert isinstance(pool.conv_f, FrozenConv1x1)
+        assert not any(True for _ in pool.conv_f.parameters())
+    keys = model.state_dict().keys()
+    assert {"stages.1.downsample.conv_f.weight", "stages.3.downsample.conv_f.bias"} <= set(keys)
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_reference_conv_f_never_gets_a_gradient():
+    """The measured fact behind the buffer: in the official formulation conv_f's grad stays None."""
+    ref, _ = oracle_pair("fec_small")
+    ref(torch.randn(1, 3, 64, 64)).sum().backward()
+    no_grad = sorted(n for n, p in ref.named_parameters() if p.grad is None)
+    assert no_grad == [f"network.{i}.conv_f.{w}" for i in (1, 3, 5) for w in ("bias", "weight")]
+
+
+def test_fold_that_does_not_divide_is_rejected():
+    model = timm.create_model("fec_small", folds=(3, 1, 1, 1))
+    with pytest.raises(ValueError, match="divisible by 3"):
+        model(torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("shape,match", [
+    ((1, 3, 100, 64), "divisible by 32"),
+    ((1, 4, 64, 64), "in_chans=4"),
+    ((3, 64, 64), "4-D"),
+])
+def test_bad_input_is_explained(shape, match):
+    with pytest.raises(ValueError, match=match):
+        timm.create_model("fec_small")(torch.randn(*shape))
+
+
+def test_timm_model_api():
+    model = timm.create_model("fec_small", num_classes=7, drop_path_rate=0.1)
+    assert timm.is_model("fec_small") and "fec_large" in timm.list_models("fec_*")
+    cfg = model.pretrained_cfg
+    assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.9 and cfg["interpolation"] == "bicubic"
+    assert cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN and cfg["first_conv"] == "stem.proj"
+    x = torch.randn(2, 3, 96, 96)
+    model.eval()
+    feats = model.forward_features(x)
+    assert feats.shape == (2, 320, 3, 3)
+    assert model.forward_head(feats).shape == (2, 7)
+    assert model.forward_head(feats, pre_logits=True).shape == (2, 320)
+    assert torch.allclose(model(x), model.forward_head(feats))
+    model.reset_classifier(3)
+    assert model(x).shape == (2, 3) and model.get_classifier().out_features == 3
+    model.reset_classifier(0, "")
+    assert model(x).shape == (2, 320, 3, 3)
+    assert {"stages.0.blocks.0.layer_scale_1", "stages.3.blocks.1.token_mixer.sim_alpha"} <= model.no_weight_decay()
+    groups = model.group_matcher()
+    assert groups["stem"] == r"^stem"
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    assert data_cfg["crop_pct"] == 0.9 and data_cfg["interpolation"] == "bicubic"
+
+
+def test_forward_intermediates_and_pruning():
+    model = timm.create_model("fec_small").eval()
+    x = torch.randn(1, 3, 64, 64)
+    final, inter = model.forward_intermediates(x)
+    assert [t.shape[1:] for t in inter] == [(32, 16, 16), (64, 8, 8), (196, 4, 4), (320, 2, 2)]
+    assert torch.allclose(final, model.forward_features(x))
+    only = model.forward_intermediates(x, indices=[1, 2], intermediates_only=True)
+    assert torch.allclose(only[0], inter[1]) and torch.allclose(only[1], inter[2])
+    kept = model.prune_intermediate_layers(indices=2)
+    assert kept == [2, 3] or list(kept) == [2, 3]
+    assert len(model.stages) == 4
+
+
+def test_features_only_strides_and_channels():
+    model = timm.create_model("fec_small", features_only=True, out_indices=(0, 1, 2, 3))
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
+    assert model.feature_info.channels() == [32, 64, 196, 320]
+    outs = model(torch.randn(2, 3, 128, 96))
+    assert [tuple(o.shape) for o in outs] == [(2, 32, 32, 24), (2, 64, 16, 12), (2, 196, 8, 6), (2, 320, 4, 3)]
+
+
+def test_in_chans():
+    model = timm.create_model("fec_small", in_chans=1)
+    assert model.stem.proj.in_channels == 3
+    assert model(torch.randn(2, 1, 64, 64)).shape == (2, 1000)
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    model = timm.create_model("fec_small", num_classes=5)
+    x = torch.randn(2, 3, 64, 64)
+    model(x).sum().backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, plain[n], atol=1e-6), n
+
+
+def test_direct_construction_and_unknown_preset():
+    assert isinstance(FEC(num_classes=2), FEC)
+    with pytest.raises(ValueError, match="unknown preset"):
+        FEC(preset="panoptic")
+    with pytest.raises(ValueError, match="one entry per stage"):
+        FEC(proposals=(4, 4))
+    assert fec_backbone.__version__

@@ -1,0 +1,395 @@
+#!/usr/bin/env python
+"""Install Detectron2 into the interpreter that runs this script (stdlib only).
+
+Usage::
+
+    python d2_plugin/install_detectron2.py [--skip-git] [--cache-dir DIR]
+
+Routes, tried in order:
+
+1. Keep an existing install: if ``import detectron2`` already works in this
+   interpreter, nothing is changed.
+2. Official route: ``pip install --no-build-isolation
+   'git+https://github.com/facebookresearch/detectron2.git'`` (builds the
+   compiled ops ``detectron2._C``).  GitHub reachability is probed first with
+   ``git ls-remote`` under a short timeout and with ``GIT_TERMINAL_PROMPT=0``,
+   so an offline machine fails over in seconds instead of hanging; a reachable
+   one gets a long timeout because compiling the ops takes minutes.
+3. Fallback: the PyPI sdist ``pb1-detectron2==0.6``, a verbatim repackaging of
+   upstream Detectron2 v0.6 *without* the C++/CUDA sources.  It is downloaded
+   once (sha256-pinned) into the cache directory, its ``setup.py`` is patched
+   (the Python sources are left untouched) and built into a pure-Python wheel
+   that is kept in the cache, then installed with pip so that pip resolves and
+   installs v0.6's dependencies.  The ``setup.py`` patch:
+
+   * builds no C extension (``ext_modules=[]``);
+   * names the distribution ``detectron2`` with version ``0.6+pb1.nocsrc`` so
+     that ``pip show detectron2`` works and a later official install replaces
+     it cleanly;
+   * drops the ``panopticapi @ <url>`` entry of the optional ``[all]`` extra,
+     which current pip refuses for any distribution coming from PyPI;
+   * ships the model-zoo YAML/py configs as package data (upstream symlinks a
+     top-level ``configs/`` dir that the sdist does not have);
+   * does not install v0.6's stray top-level ``tools`` package.
+
+   If ``pkg_resources`` is missing (setuptools >= 81), ``setuptools<81`` is
+   installed too: ``detectron2.model_zoo`` imports it at module top.
+
+The shims that v0.6 needs at run time on a current stack (Pillow >= 10,
+NumPy >= 1.24, missing ``detectron2._C``) live in ``d2_plugin/compat.py``; this
+script never edits the installed Detectron2 sources.
+
+Second runs are cheap: route 1 only spawns one Python process; a fresh
+environment on the same machine reuses the cached sdist and wheel
+(``$FEC_D2_CACHE`` or ``$XDG_CACHE_HOME/fec-d2``, default ``~/.cache/fec-d2``)
+plus pip's own cache for the dependencies.
+
+Exit status: 0 when ``import detectron2`` works at the end, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import ssl
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+OFFICIAL_GIT_URL = "https://github.com/facebookresearch/detectron2.git"
+OFFICIAL_PIP_SPEC = "git+" + OFFICIAL_GIT_URL
+
+SDIST_PROJECT = "pb1-detectron2"
+SDIST_VERSION = "0.6"
+SDIST_FILENAME = "pb1-detectron2-0.6.tar.gz"
+SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
+# Local version label of the wheel we build; bump PATCH_REV when the setup.py
+# patch below changes so that a stale cached wheel is not reused.
+PATCH_REV = "1"
+LOCAL_VERSION_SUFFIX = "+pb1.nocsrc"
+DEFAULT_INDEX_URL = "https://pypi.org/simple"
+
+GIT_PROBE_TIMEOUT_S = 30
+GIT_INSTALL_TIMEOUT_S = int(os.environ.get("FEC_D2_GIT_TIMEOUT", "3600"))
+PIP_TIMEOUT_S = 1800
+DOWNLOAD_TIMEOUT_S = 120
+
+# (old, new) exact replacements applied to the sdist's setup.py. Each `old`
+# must occur exactly once; the sdist is sha256-pinned so this is deterministic.
+SETUP_PY_PATCHES = (
+    ('name="pb1-detectron2",', 'name="detectron2",'),
+    ("ext_modules=get_extensions(),", "ext_modules=[],  # fec-d2: no compiled ops"),
+    (
+        '            "panopticapi @ https://github.com/cocodataset/panopticapi/archive/master.zip",\n',
+        "",
+    ),
+    (
+        'package_data={"detectron2.model_zoo": get_model_zoo_configs()},',
+        'package_data={"detectron2.model_zoo": ["configs/**/*.yaml", "configs/**/*.py"]},',
+    ),
+    (
+        'find_packages(exclude=("configs", "tests*"))',
+        'find_packages(exclude=("configs", "tests*", "tools", "tools.*"))',
+    ),
+)
+
+# Run in the target interpreter; prints one JSON line describing detectron2.
+PROBE_CODE = r"""
+import importlib.util, json, sys
+info = {"ok": False}
+try:
+    import detectron2
+    info["ok"] = True
+    info["version"] = getattr(detectron2, "__version__", "?")
+    info["file"] = getattr(detectron2, "__file__", "?")
+    try:
+        from importlib.metadata import version
+        info["dist_version"] = version("detectron2")
+    except Exception:
+        info["dist_version"] = None
+    try:
+        info["has_C"] = importlib.util.find_spec("detectron2._C") is not None
+    except Exception:
+        info["has_C"] = False
+except Exception as e:
+    info["error"] = "%s: %s" % (type(e).__name__, e)
+try:
+    import pkg_resources  # noqa: F401
+    info["pkg_resources"] = True
+except Exception:
+    info["pkg_resources"] = False
+print("FEC_D2_PROBE " + json.dumps(info))
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[install_detectron2] {msg}", flush=True)
+
+
+class InstallError(RuntimeError):
+    """A route failed; the message says why."""
+
+
+def run(cmd: Sequence[str], timeout: float, env: Optional[Dict[str, str]] = None,
+        cwd: Optional[str] = None, quiet: bool = False) -> subprocess.CompletedProcess:
+    """Run a command with a hard timeout; output is captured when `quiet`."""
+    log("$ " + " ".join(cmd))
+    try:
+        return subprocess.run(
+            list(cmd), timeout=timeout, env=env, cwd=cwd, text=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if quiet else None,
+            stderr=subprocess.STDOUT if quiet else None,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise InstallError(f"timed out after {timeout:.0f}s: {' '.join(cmd)}") from e
+    except OSError as e:
+        raise InstallError(f"cannot run {cmd[0]}: {e}") from e
+
+
+def probe() -> Dict[str, object]:
+    """Ask the target interpreter (sys.executable) about its detectron2."""
+    # Run outside the repo so a local `detectron2/` folder cannot fool the check.
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE_CODE], cwd=tempfile.gettempdir(), text=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        timeout=300,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("FEC_D2_PROBE "):
+            return json.loads(line[len("FEC_D2_PROBE "):])
+    return {"ok": False, "error": (proc.stderr or "probe produced no output").strip()[-2000:]}
+
+
+def pip_cmd(*args: str) -> List[str]:
+    return [sys.executable, "-m", "pip", *args]
+
+
+# ---------------------------------------------------------------- route 2
+
+
+def try_official(env: Dict[str, str]) -> None:
+    if shutil.which("git") is None:
+        raise InstallError("git is not installed")
+    probe_proc = run(["git", "ls-remote", "--heads", OFFICIAL_GIT_URL], GIT_PROBE_TIMEOUT_S,
+                     env=env, quiet=True)
+    if probe_proc.returncode != 0:
+        last = (probe_proc.stdout or "").strip().splitlines()[-1:] or ["(no output)"]
+        raise InstallError(f"GitHub is not reachable: {last[0]}")
+    proc = run(pip_cmd("install", "--no-build-isolation", OFFICIAL_PIP_SPEC),
+               GIT_INSTALL_TIMEOUT_S, env=env)
+    if proc.returncode != 0:
+        raise InstallError(f"pip install {OFFICIAL_PIP_SPEC} exited with {proc.returncode}")
+
+
+# ---------------------------------------------------------------- route 3
+
+
+def cache_root(arg: Optional[str]) -> Path:
+    if arg:
+        return Path(arg).expanduser()
+    if os.environ.get("FEC_D2_CACHE"):
+        return Path(os.environ["FEC_D2_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "fec-d2"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def ssl_context() -> ssl.SSLContext:
+    cafile = os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE")
+    if cafile and os.path.isfile(cafile):
+        return ssl.create_default_context(cafile=cafile)
+    return ssl.create_default_context()
+
+
+def find_sdist_url(index_url: str) -> str:
+    """Look the sdist up on a PEP 691 (JSON) or PEP 503 (HTML) simple index."""
+    page = index_url.rstrip("/") + f"/{SDIST_PROJECT}/"
+    req = urllib.request.Request(page, headers={
+        "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
+    with urllib.request.urlopen(req, timeout=DOWNLOAD_TIMEOUT_S, context=ssl_context()) as r:
+        ctype = r.headers.get("Content-Type", "")
+        body = r.read().decode("utf-8", "replace")
+    if "json" in ctype:
+        for f in json.loads(body).get("files", []):
+            if f.get("filename") == SDIST_FILENAME:
+                return urllib.parse.urljoin(page, f["url"])
+    else:
+        for href in re.findall(r'href="([^"]+)"', body):
+            if urllib.parse.urlsplit(href).path.endswith("/" + SDIST_FILENAME):
+                return urllib.parse.urljoin(page, href.split("#", 1)[0])
+    raise InstallError(f"{SDIST_FILENAME} is not listed on {page}")
+
+
+def ensure_sdist(cache: Path) -> Path:
+    """Return the cached, hash-checked sdist, downloading it if needed.
+
+    pip cannot do this step: `pip download` prepares the sdist's metadata and
+    then rejects it because its `[all]` extra has a direct URL dependency.
+    """
+    target = cache / "sdist" / SDIST_FILENAME
+    if target.is_file() and sha256_of(target) == SDIST_SHA256:
+        log(f"using cached sdist {target}")
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    index_url = os.environ.get("PIP_INDEX_URL", DEFAULT_INDEX_URL).split()[0]
+    try:
+        url = find_sdist_url(index_url)
+        log(f"downloading {url}")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
+                url, timeout=DOWNLOAD_TIMEOUT_S, context=ssl_context()) as r:
+            shutil.copyfileobj(r, out)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise InstallError(f"cannot download {SDIST_FILENAME} from {index_url}: {e}") from e
+    digest = sha256_of(Path(tmp))
+    if digest != SDIST_SHA256:
+        os.unlink(tmp)
+        raise InstallError(f"{SDIST_FILENAME}: sha256 {digest} != expected {SDIST_SHA256}")
+    os.replace(tmp, target)
+    return target
+
+
+def patch_setup_py(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    for old, new in SETUP_PY_PATCHES:
+        if text.count(old) != 1:
+            raise InstallError(f"unexpected setup.py in {SDIST_FILENAME}: cannot patch {old!r}")
+        text = text.replace(old, new)
+    path.write_text(text, encoding="utf-8")
+
+
+def ensure_wheel(cache: Path, sdist: Path) -> Path:
+    """Return the cached pure-Python wheel, building it from the sdist if needed."""
+    wheel_dir = cache / f"wheels-r{PATCH_REV}"
+    found = sorted(wheel_dir.glob(f"detectron2-{SDIST_VERSION}+*-py3-none-any.whl"))
+    if found:
+        log(f"using cached wheel {found[-1]}")
+        return found[-1]
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fec-d2-build-") as tmp:
+        with tarfile.open(sdist) as tf:
+            members = [m for m in tf.getmembers() if m.isfile() or m.isdir()]
+            for m in members:  # refuse absolute paths / parent references
+                if m.name.startswith("/") or ".." in Path(m.name).parts:
+                    raise InstallError(f"unsafe path in {sdist}: {m.name}")
+            extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tf.extractall(tmp, members=members, **extra)
+        src = Path(tmp) / f"{SDIST_PROJECT}-{SDIST_VERSION}"
+        patch_setup_py(src / "setup.py")
+        shutil.rmtree(src / "pb1_detectron2.egg-info", ignore_errors=True)
+        out = Path(tmp) / "wheel"
+        env = dict(os.environ, D2_VERSION_SUFFIX=LOCAL_VERSION_SUFFIX)
+        env.pop("BUILD_NIGHTLY", None)  # would rewrite detectron2/__init__.py
+        # No build isolation: setup.py imports torch, which must be the
+        # environment's own (and no extension is built anyway).
+        proc = run(pip_cmd("wheel", "--no-deps", "--no-build-isolation", str(src), "-w", str(out)),
+                   PIP_TIMEOUT_S, env=env, cwd=tmp)
+        built = sorted(out.glob("detectron2-*.whl"))
+        if proc.returncode != 0 or not built:
+            raise InstallError(f"building the pure-Python wheel failed (pip exit {proc.returncode})")
+        final = wheel_dir / built[0].name
+        shutil.copy2(built[0], str(final) + ".part")
+        os.replace(str(final) + ".part", final)
+    return final
+
+
+def install_fallback(cache: Path, need_setuptools_pin: bool) -> None:
+    wheel = ensure_wheel(cache, ensure_sdist(cache))
+    reqs = [str(wheel)]
+    if need_setuptools_pin:
+        reqs.append("setuptools<81")  # v0.6's model_zoo imports pkg_resources
+    proc = run(pip_cmd("install", *reqs), PIP_TIMEOUT_S)
+    if proc.returncode != 0:
+        raise InstallError(f"pip install {wheel.name} exited with {proc.returncode}")
+
+
+# ---------------------------------------------------------------- main
+
+
+def report(info: Dict[str, object]) -> None:
+    ops = "present" if info.get("has_C") else "ABSENT (pure-Python install; see d2_plugin/compat.py)"
+    log(f"detectron2 {info.get('version')} (distribution version {info.get('dist_version')}) "
+        f"at {info.get('file')}")
+    log(f"compiled ops detectron2._C: {ops}")
+    if not info.get("pkg_resources"):
+        log("warning: pkg_resources is missing; detectron2.model_zoo needs setuptools<81")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    ap.add_argument("--skip-git", action="store_true",
+                    help="do not try the official git route")
+    ap.add_argument("--cache-dir", help="cache for the sdist and wheel (default ~/.cache/fec-d2)")
+    args = ap.parse_args(argv)
+    t0 = time.monotonic()
+    log(f"interpreter: {sys.executable}")
+
+    info = probe()
+    if info.get("ok"):
+        log("detectron2 is already importable; keeping it")
+        report(info)
+        log(f"done in {time.monotonic() - t0:.1f}s")
+        return 0
+    log(f"detectron2 is not importable yet ({info.get('error', 'unknown error')})")
+
+    failures: List[str] = []
+    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true")
+    if args.skip_git or os.environ.get("FEC_D2_SKIP_GIT") == "1":
+        failures.append("official git route: skipped on request")
+    else:
+        try:
+            log(f"route 2: official install from {OFFICIAL_GIT_URL}")
+            try_official(env)
+        except InstallError as e:
+            failures.append(f"official git route: {e}")
+            log(f"official route failed: {e}")
+        else:
+            info = probe()
+            if info.get("ok"):
+                report(info)
+                log(f"done in {time.monotonic() - t0:.1f}s")
+                return 0
+            failures.append(f"official git route: installed but import fails: {info.get('error')}")
+
+    try:
+        log(f"route 3: fallback {SDIST_PROJECT}=={SDIST_VERSION} sdist as pure Python (no compiled ops)")
+        install_fallback(cache_root(args.cache_dir), need_setuptools_pin=not info.get("pkg_resources"))
+    except InstallError as e:
+        failures.append(f"PyPI fallback: {e}")
+    else:
+        info = probe()
+        if info.get("ok"):
+            report(info)
+            log(f"done in {time.monotonic() - t0:.1f}s")
+            return 0
+        failures.append(f"PyPI fallback: installed but import fails: {info.get('error')}")
+
+    print("ERROR: could not install Detectron2. Routes tried:", file=sys.stderr)
+    for f in failures:
+        print(f"  - {f}", file=sys.stderr)
+    print("Install it by hand (see https://detectron2.readthedocs.io/en/latest/tutorials/"
+          "install.html), then re-run this script to check.", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

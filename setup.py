@@ -1,0 +1,37 @@
+"""fec-backbone: FEC (Feature Extraction with Clustering, CVPR 2024) for timm, Detectron2 and smp."""
+from setuptools import find_packages, setup
+
+setup(
+    name="fec-backbone",
+    version="0.1.0",
+    description="FEC backbone for timm, Detectron2 and segmentation-models-pytorch",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_packages(include=["fec_backbone*", "d2_plugin*", "seg_plugin*", "classification*"]),
+    package_data={"": ["*.yaml"]},
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "timm>=1.0.31",
+        "safetensors",
+        "fvcore",
+        "numpy",
+        "pillow",
+    ],
+    extras_require={
+        # Detectron2 itself is not on PyPI: run `python d2_plugin/install_detectron2.py` after this extra.
+        "d2": ["pycocotools>=2.0.7", "opencv-python-headless"],
+        "seg": ["segmentation-models-pytorch>=0.5", "torchmetrics>=1.0", "tensorboard"],
+        # torch-scatter builds against the installed torch: pip install --no-build-isolation torch-scatter
+        "scatter": ["torch-scatter>=2.1"],
+        "dev": ["pytest>=7", "onnx", "onnxruntime", "onnxscript", "tensorboard", "matplotlib", "scikit-learn"],
+    },
+    entry_points={"console_scripts": ["fec=fec_backbone.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: MIT License",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)

@@ -133,16 +133,16 @@ def cluster_mix(
     alpha: torch.Tensor,
     beta: torch.Tensor,
     backend: Optional[str] = None,
-) -> torch.Tensor:
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """The token mixer of a clustering block.
 
     points ``[G, C, N]``, centers ``[G, C, M]``, values ``[G, D, N]``, center_values ``[G, D, M]``,
-    alpha and beta scalars (``[1]``) -> ``[G, D, N]``.
+    alpha and beta scalars (``[1]``) -> (mixed values ``[G, D, N]``, centre index per point ``[G, N]``).
     """
     sim = torch.sigmoid(beta + alpha * cosine_similarity(centers, points))
     best, index = assign(sim)
     clusters = aggregate(values, center_values, index, backend)
-    return dispatch(clusters, best, index)
+    return dispatch(clusters, best, index), index
 
 
 def cluster_pool(
@@ -151,12 +151,12 @@ def cluster_pool(
     values: torch.Tensor,
     center_values: torch.Tensor,
     backend: Optional[str] = None,
-) -> torch.Tensor:
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Clustering-based pooling: points vote into centres by plain cosine similarity.
 
     points ``[G, C, N]``, centers ``[G, C, M]``, values ``[G, D, N]``, center_values ``[G, D, M]``
-    -> ``[G, D, M]``. Only the assignment (an argmax) depends on ``points`` and ``centers``, so no
-    gradient reaches them.
+    -> (pooled values ``[G, D, M]``, centre index per point ``[G, N]``). Only the assignment (an
+    argmax) depends on ``points`` and ``centers``, so no gradient reaches them.
     """
     index = cosine_similarity(centers.detach(), points.detach()).argmax(dim=1)
-    return aggregate(values, center_values, index, backend)
+    return aggregate(values, center_values, index, backend), index

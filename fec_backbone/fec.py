@@ -12,7 +12,7 @@ through :func:`checkpoint_filter_fn`. The clustering itself lives in :mod:`fec_b
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -30,6 +30,8 @@ from .checkpoint import check_keys, read_checkpoint, unwrap_state_dict
 __all__ = ["FEC", "PRESETS", "checkpoint_filter_fn", "count_parameters"]
 
 IntOrPair = Union[int, Tuple[int, int]]
+#: Called by a clustering layer with (layer, centre index per point [G, N], per-region map size (h, w)).
+Recorder = Callable[[nn.Module, torch.Tensor, Tuple[int, int]], None]
 
 #: Per-stage clustering layouts used by the reference for each task. ``proposals`` is the number of
 #: centres per side, ``folds`` the number of regions per side that cluster independently.
@@ -148,6 +150,7 @@ class ClusterMixer(nn.Module):
         self.proj = nn.Conv2d(heads * head_dim, dim, kernel_size=1, **dd)
         self.sim_alpha = nn.Parameter(torch.ones(1, **dd))
         self.sim_beta = nn.Parameter(torch.zeros(1, **dd))
+        self.recorder: Optional[Recorder] = None  # set by fec_backbone.interpret.record_clusters
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -156,9 +159,11 @@ class ClusterMixer(nn.Module):
         g, d, fh, fw = values.shape
         centers = F.adaptive_avg_pool2d(feats, self.proposals).flatten(2)
         center_values = F.adaptive_avg_pool2d(values, self.proposals).flatten(2)
-        out = cluster_mix(
+        out, index = cluster_mix(
             feats.flatten(2), centers, values.flatten(2), center_values, self.sim_alpha, self.sim_beta
         )
+        if self.recorder is not None:
+            self.recorder(self, index, (fh, fw))
         out = unfold(out.reshape(g, d, fh, fw), self.folds)
         return self.proj(out.reshape(b, self.heads * self.head_dim, h, w))
 
@@ -251,6 +256,7 @@ class ClusterPool(nn.Module):
         self.conv_f = FrozenConv1x1(in_chans, out_chans, **dd)
         self.conv_v = nn.Conv2d(in_chans, out_chans, kernel_size=1, **dd)
         self.conv_skip = nn.Conv2d(in_chans, out_chans, kernel_size=3, stride=2, padding=1, **dd)
+        self.recorder: Optional[Recorder] = None  # set by fec_backbone.interpret.record_clusters
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = self.conv_skip(x)
@@ -260,7 +266,9 @@ class ClusterPool(nn.Module):
         grid = (h // 2, w // 2)
         centers = F.adaptive_avg_pool2d(feats, grid).flatten(2)
         center_values = F.adaptive_avg_pool2d(values, grid).flatten(2)
-        out = cluster_pool(feats.flatten(2), centers, values.flatten(2), center_values)
+        out, index = cluster_pool(feats.flatten(2), centers, values.flatten(2), center_values)
+        if self.recorder is not None:
+            self.recorder(self, index, (h, w))
         out = unfold(out.reshape(g, d, grid[0], grid[1]), self.folds)
         return skip + self.norm2(out)
 

@@ -1,0 +1,75 @@
+"""Cluster assignments recorded from every clustering layer partition the points and chain across stages."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from fec_backbone import chain_to_input, record_clusters
+from fec_backbone import cluster_ops
+
+
+@pytest.mark.parametrize("preset", ["classification", "detection"])
+def test_records_cover_every_layer_and_partition_points(preset):
+    model = timm.create_model("fec_small", preset=preset).eval()
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad(), record_clusters(model) as records:
+        logits = model(x)
+    assert [r.kind for r in records].count("block") == 14 and [r.kind for r in records].count("pool") == 3
+    assert torch.equal(logits, model(x))  # recording changes nothing
+    sizes = {0: 32, 1: 16, 2: 8, 3: 4}
+    stage = 0
+    for r in records:
+        if r.kind == "pool":
+            assert r.assignment.shape == (2, sizes[stage], sizes[stage])
+            assert r.num_clusters == sizes[stage + 1] ** 2
+            stage += 1
+        else:
+            heads = model.stages[stage].blocks[0].token_mixer.heads
+            assert r.assignment.shape == (2, heads, sizes[stage], sizes[stage])
+        # every point has exactly one cluster, with a valid id: a partition of the points
+        assert r.assignment.min() >= 0 and r.assignment.max() < r.num_clusters
+    assert all(layer.recorder is None for layer in model.modules() if hasattr(layer, "recorder"))
+
+
+def test_block_ids_match_the_op_and_folds_separate_regions():
+    model = timm.create_model("fec_small", preset="detection").eval()  # stage 0: 2x2 folds, 7x7 centres
+    with torch.no_grad(), record_clusters(model) as records:
+        model(torch.randn(1, 3, 128, 128))
+    first = records[0].assignment[0, 0]  # [32, 32], regions of 16x16
+    for r1 in range(2):
+        for r2 in range(2):
+            region = first[r1 * 16:(r1 + 1) * 16, r2 * 16:(r2 + 1) * 16]
+            base = (r1 * 2 + r2) * 49
+            assert region.min() >= base and region.max() < base + 49
+
+
+def test_pool_assignment_matches_recomputed_argmax():
+    model = timm.create_model("fec_small").eval()
+    pool = model.stages[1].downsample
+    x = torch.randn(1, 32, 16, 16)
+    with torch.no_grad(), record_clusters(pool) as records:
+        pool(x)
+    feats = pool.conv_f(x)
+    centres = torch.nn.functional.adaptive_avg_pool2d(feats, (8, 8)).flatten(2)
+    expected = cluster_ops.cosine_similarity(centres, feats.flatten(2)).argmax(1).view(1, 16, 16)
+    assert torch.equal(records[0].assignment, expected)  # no folds: output index == centre index
+
+
+def test_chain_to_input_is_consistent_between_stages():
+    model = timm.create_model("fec_small").eval()
+    with torch.no_grad(), record_clusters(model) as records:
+        model(torch.randn(1, 3, 64, 64))
+    chains = chain_to_input(records)
+    assert [c.shape for c in chains] == [(1, 16, 16)] * 4
+    pools = [r for r in records if r.kind == "pool"]
+    for k, pool in enumerate(pools):
+        # a stage-0 point's stage-(k+1) position is where its stage-k position was pooled to
+        assert torch.equal(chains[k + 1], pool.assignment.flatten(1).gather(1, chains[k].flatten(1)).view(1, 16, 16))
+        assert chains[k + 1].max() < pool.num_clusters
+
+
+def test_recording_needs_fec_layers():
+    with pytest.raises(ValueError, match="no FEC clustering layers"):
+        with record_clusters(torch.nn.Linear(2, 2)):
+            pass

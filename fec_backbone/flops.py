@@ -74,17 +74,16 @@ def count_flops(model: nn.Module, image_size: Tuple[int, int] = (224, 224), in_c
     was_training = model.training
     model.eval()
     x = torch.zeros(1, in_chans, *image_size)
-    analysis = FlopCountAnalysis(model, x).set_op_handle(**FLOP_HANDLES)
-    analysis.unsupported_ops_warnings(False)
-    analysis.uncalled_modules_warnings(False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # fvcore traces with torch.jit, deprecated in torch 2.x
-        total = analysis.total()
-    result = {
-        "flops": total,
-        "by_operator": dict(analysis.by_operator()),
-        "unsupported": dict(analysis.unsupported_ops()),
-    }
+        analysis = FlopCountAnalysis(model, x).set_op_handle(**FLOP_HANDLES)
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        result = {
+            "flops": analysis.total(),
+            "by_operator": dict(analysis.by_operator()),
+            "unsupported": dict(analysis.unsupported_ops()),
+        }
     model.train(was_training)
     return result
 

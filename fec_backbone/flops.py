@@ -69,13 +69,13 @@ def count_flops(model: nn.Module, image_size: Tuple[int, int] = (224, 224), in_c
     """
     import warnings
 
-    from fvcore.nn import FlopCountAnalysis
-
     was_training = model.training
     model.eval()
     x = torch.zeros(1, in_chans, *image_size)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # fvcore traces with torch.jit, deprecated in torch 2.x
+        warnings.simplefilter("ignore", FutureWarning)  # fvcore uses torch.jit, deprecated in torch 2.x
+        from fvcore.nn import FlopCountAnalysis
+
         analysis = FlopCountAnalysis(model, x).set_op_handle(**FLOP_HANDLES)
         analysis.unsupported_ops_warnings(False)
         analysis.uncalled_modules_warnings(False)

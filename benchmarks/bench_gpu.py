@@ -1,0 +1,145 @@
+"""GPU benchmark: FEC-S (reference formulation, ours eager, ours compiled) beside timm's resnet18 and
+poolformer_s12, in one run, so ratios hold whatever the card.
+
+Settings (as in the performance issue): bf16 autocast, channels_last, 224 px; a training step with
+AdamW at batch 128, inference at batch 256; plus FEC-S at detection resolution (800x1344, batch 2,
+detection preset): training-step time and peak memory, reference vs ours.
+
+    python benchmarks/bench_gpu.py                 # on the GPU machine, about 5 minutes
+    python benchmarks/bench_gpu.py --smoke         # tiny sizes on any device, checks the script runs
+
+Prints one table; with ``--json PATH`` also writes the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+
+import timm  # noqa: E402
+
+import fec_backbone  # noqa: E402,F401
+from reference_fec import reference_model  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _measure(step: Callable[[], None], device: torch.device, warmup: int, iters: int) -> Dict[str, float]:
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    _sync(device)
+    seconds = (time.perf_counter() - start) / iters
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
+    return {"seconds": seconds, "peak_mib": peak}
+
+
+def _model(kind: str, preset: str = "classification") -> torch.nn.Module:
+    if kind == "reference":
+        layout = fec_backbone.PRESETS[preset]
+        return reference_model("fec_small", proposals=layout["proposals"], folds=layout["folds"])
+    if kind in ("ours", "ours+compile"):
+        return timm.create_model("fec_small", preset=preset)
+    return timm.create_model(kind)
+
+
+def _prepare(kind: str, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    model = model.to(device, memory_format=torch.channels_last)
+    if kind == "ours+compile":
+        model = torch.compile(model, fullgraph=True)
+    return model
+
+
+def train_case(kind: str, device: torch.device, batch: int, size: tuple, preset: str, warmup: int, iters: int):
+    model = _prepare(kind, _model(kind, preset), device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 3, *size, device=device).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,), device=device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    result = _measure(step, device, warmup, iters)
+    result["img_s"] = batch / result["seconds"]
+    return result
+
+
+def infer_case(kind: str, device: torch.device, batch: int, size: tuple, warmup: int, iters: int):
+    model = _prepare(kind, _model(kind), device).eval()
+    x = torch.randn(batch, 3, *size, device=device).to(memory_format=torch.channels_last)
+
+    def step() -> None:
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+            model(x)
+
+    result = _measure(step, device, warmup, iters)
+    result["img_s"] = batch / result["seconds"]
+    return result
+
+
+def main(argv: List[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, a couple of iterations")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    if args.smoke:
+        train_b, infer_b, size, det, warmup, iters = 2, 2, (64, 64), (128, 192), 1, 1
+    else:
+        train_b, infer_b, size, det, warmup, iters = 128, 256, (224, 224), (800, 1344), 10, 30
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"device {name}, torch {torch.__version__}, timm {timm.__version__}, bf16 autocast, channels_last")
+    rows: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for kind in ("reference", "ours", "ours+compile", "resnet18", "poolformer_s12"):
+        rows[kind] = {
+            "train": train_case(kind, device, train_b, size, "classification", warmup, iters),
+            "infer": infer_case(kind, device, infer_b, size, warmup, iters),
+        }
+        torch._dynamo.reset()
+        print(f"  measured {kind}", flush=True)
+    det_rows = {
+        kind: train_case(kind, device, 2, det, "detection", max(1, warmup // 3), max(1, iters // 3))
+        for kind in ("reference", "ours")
+    }
+    print(f"\n{'model':<18}{'train img/s':>12}{'train MiB':>11}{'infer img/s':>13}{'infer MiB':>11}")
+    for kind, r in rows.items():
+        print(f"{kind:<18}{r['train']['img_s']:>12.0f}{r['train']['peak_mib']:>11.0f}"
+              f"{r['infer']['img_s']:>13.0f}{r['infer']['peak_mib']:>11.0f}")
+    pf = rows["poolformer_s12"]
+    for kind in ("ours", "ours+compile"):
+        print(f"{kind} / poolformer_s12: train {rows[kind]['train']['img_s'] / pf['train']['img_s']:.2f}x, "
+              f"infer {rows[kind]['infer']['img_s'] / pf['infer']['img_s']:.2f}x")
+    ref, ours = det_rows["reference"], det_rows["ours"]
+    print(f"\ndetection {det[0]}x{det[1]} batch 2 train step: reference {ref['seconds'] * 1e3:.0f} ms / "
+          f"{ref['peak_mib']:.0f} MiB, ours {ours['seconds'] * 1e3:.0f} ms / {ours['peak_mib']:.0f} MiB "
+          f"-> {ref['seconds'] / ours['seconds']:.2f}x faster, memory ratio {ours['peak_mib'] / ref['peak_mib']:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"classification": rows, "detection": det_rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

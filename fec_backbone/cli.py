@@ -1,10 +1,12 @@
 """The ``fec`` command: utilities around the FEC backbone.
 
     fec flops [--models fec_small fec_base] [--size 224]
+    fec visualize IMAGE --model fec_small [--checkpoint PATH] [--clusters K] --out OUT.png
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import List, Optional
 
 MODELS = ["fec_small", "fec_base", "fec_large"]
@@ -19,6 +21,26 @@ def _flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _visualize(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+    from .visualize import visualize_image
+
+    try:
+        maps = visualize_image(args.image, args.out, args.model, args.checkpoint, args.clusters, args.size,
+                               args.preset, args.prefix, args.head)
+    except (CheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(", ".join(f"{k}: {v}" for k, v in maps.info.items()))
+    for k, regions in enumerate(maps.regions[1:], start=1):
+        print(f"stage {k}: {len(regions.unique())} pooling regions")
+    for name, stage, ids in maps.blocks:
+        print(f"stage {stage} last block ({name}, head {maps.head}): {len(ids.unique())} clusters")
+    print(f"k-means of the final centres: {maps.num_groups} groups")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fec", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -26,6 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     p.add_argument("--size", type=int, default=224, help="square input size in pixels")
     p.set_defaults(func=_flops)
+    p = sub.add_parser("visualize", help="draw the cluster assignments of one image as a PNG")
+    p.add_argument("image", help="image file")
+    p.add_argument("--model", default="fec_small", choices=MODELS)
+    p.add_argument("--checkpoint", default=None, help="an official FEC checkpoint, or a classification, Detectron2 "
+                                                      "or smp checkpoint of ours (default: random weights)")
+    p.add_argument("--clusters", type=int, default=3, help="k-means groups of the final centres (K)")
+    p.add_argument("--out", required=True, help="output PNG")
+    p.add_argument("--size", type=int, default=224, help="the image is resized to SIZE x SIZE (divisible by 32)")
+    p.add_argument("--preset", default=None, choices=["classification", "segmentation", "detection"],
+                   help="clustering layout (default: detection for Detectron2 weights, segmentation for smp, "
+                        "else classification)")
+    p.add_argument("--prefix", default=None, help="key prefix of the FEC weights when a checkpoint holds several")
+    p.add_argument("--head", type=int, default=0, help="head whose block clusters are drawn")
+    p.set_defaults(func=_visualize)
     return parser
 
 

@@ -6,3 +6,5 @@ bash scripts/setup_env.sh
 PY=.venv/bin/python
 printf '\n==> FEC core: timm model, parameters and FLOPs\n'
 $PY -m fec_backbone.demo
+printf '\n==> classification: toy ImageNet-style training, validation, DDP, cluster picture\n'
+$PY -m classification.demo

@@ -1,0 +1,330 @@
+"""Pictures of FEC's cluster assignments: which pixels went to which cluster, stage by stage.
+
+One forward pass is recorded with :func:`~fec_backbone.interpret.record_clusters`. The pooling
+assignments are chained from the stride-4 points of the stem through every clustering pool (as the
+reference's ``cluster_visualize.py`` does), so each stage's output point owns a region of pixels; the
+final centres (the last pool's, described by its ``conv_f`` features) are grouped into ``K`` groups by
+k-means. The blocks' clusters (one head of each stage's last block) are chained to pixels the same way.
+
+    fec visualize photo.jpg --model fec_small --checkpoint fec_small.pth --clusters 3 --out clusters.png
+
+Checkpoints: an official FEC checkpoint, one of ours (timm/classification), or a Detectron2 or smp
+checkpoint of ours: the FEC weights are found under whatever key prefix precedes ``stem.proj.weight``
+(or the official ``patch_embed.proj.weight``) and loaded into a plain timm FEC with strict key checks.
+"""
+from __future__ import annotations
+
+import colorsys
+import os
+import re
+import textwrap
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+from .checkpoint import CheckpointError, read_checkpoint
+from .fec import FEC, ClusterPool, _official_key, checkpoint_filter_fn
+from .interpret import chain_to_input, clustering_layers, record_clusters
+
+__all__ = [
+    "ClusterMaps",
+    "find_fec_prefix",
+    "extract_fec_state_dict",
+    "load_fec_backbone",
+    "kmeans",
+    "cluster_maps",
+    "render_cluster_maps",
+    "visualize_image",
+]
+
+_ANCHORS = ("stem.proj.weight", "patch_embed.proj.weight")
+_FEC_MODULES = {"stem", "stages", "norm", "head"}
+#: ``--preset`` used when none is given, by the first component of the key prefix of the FEC weights
+_PRESET_BY_PREFIX = {"backbone": "detection", "encoder": "segmentation"}
+
+
+@dataclass
+class ClusterMaps:
+    """Cluster maps of one image on the stride-4 grid of the stem (``[H/4, W/4]`` long tensors).
+
+    ``regions[k]`` gives each point's output point of stage ``k`` (stage 0: the point itself), so
+    ``regions[k + 1]`` is a function of ``regions[k]``. ``blocks`` holds ``(layer name, stage, map of
+    cluster ids)`` for one head of each stage's last block. ``groups`` gives each point's k-means group
+    of final centres.
+    """
+
+    regions: List[torch.Tensor]
+    blocks: List[Tuple[str, int, torch.Tensor]]
+    groups: torch.Tensor
+    num_groups: int
+    head: int = 0
+    patch: int = 4
+    info: Dict[str, str] = field(default_factory=dict)
+
+
+def find_fec_prefix(state_dict: Mapping[str, torch.Tensor]) -> List[str]:
+    """Every key prefix under which a state dict holds an FEC (a key ending in ``stem.proj.weight``
+    or the official ``patch_embed.proj.weight``)."""
+    prefixes = []
+    for key in state_dict:
+        for anchor in _ANCHORS:
+            if key == anchor or key.endswith("." + anchor):
+                prefixes.append(key[: len(key) - len(anchor)])
+    return sorted(set(prefixes))
+
+
+def extract_fec_state_dict(
+    state_dict: Mapping[str, torch.Tensor], prefix: Optional[str] = None
+) -> Tuple[Dict[str, torch.Tensor], str, List[str]]:
+    """The FEC weights of a (Detectron2, smp, timm or official) state dict, with the prefix removed and
+    official keys mapped to ours.
+
+    Returns ``(state_dict, prefix, ignored)``: ``ignored`` lists the keys under the prefix that are no
+    FEC layer (such as an smp encoder's ``out_norms``). Raises :class:`CheckpointError` when no FEC, or
+    several, are found (choose one with ``prefix``).
+    """
+    found = find_fec_prefix(state_dict)
+    if prefix is None:
+        if not found:
+            sample = ", ".join(list(state_dict)[:5])
+            raise CheckpointError(
+                f"no FEC weights in this checkpoint: no key ends in {' or '.join(_ANCHORS)} (keys: {sample}, ...)"
+            )
+        if len(found) > 1:
+            raise CheckpointError(
+                f"the checkpoint holds several FECs, under the prefixes {found}; choose one with --prefix"
+            )
+        prefix = found[0]
+    elif prefix not in found:
+        raise CheckpointError(f"no FEC weights under the prefix {prefix!r}; FECs were found under {found}")
+    sub, ignored = {}, []
+    for key, value in state_dict.items():
+        if key.startswith(prefix):
+            name = _official_key(key[len(prefix):])
+            if name.split(".", 1)[0] in _FEC_MODULES:
+                sub[name] = value
+            else:
+                ignored.append(name)
+    return sub, prefix, ignored
+
+
+def _default_preset(prefix: str) -> str:
+    return _PRESET_BY_PREFIX.get(prefix.split(".", 1)[0], "classification") if prefix else "classification"
+
+
+def load_fec_backbone(
+    model_name: str = "fec_small",
+    checkpoint: Optional[str] = None,
+    preset: Optional[str] = None,
+    prefix: Optional[str] = None,
+) -> Tuple[FEC, Dict[str, str]]:
+    """A timm FEC (no classifier) with the FEC weights of ``checkpoint`` (random weights without one).
+
+    The checkpoint decides the layers: stages or the final norm that a Detectron2/smp backbone pruned
+    are pruned here too; every remaining key of the FEC (stem, stages, norm) must match in name and
+    shape (else :class:`CheckpointError`); other modules under the prefix (an smp encoder's
+    ``out_norms``) are listed in the returned info. ``preset`` defaults to ``detection`` for weights under ``backbone.``
+    (Detectron2), ``segmentation`` under ``encoder.`` (smp), else ``classification``.
+    """
+    info = {"model": model_name, "checkpoint": checkpoint or "none (random weights)"}
+    if checkpoint is None:
+        preset = preset or "classification"
+        model = timm.create_model(model_name, num_classes=0, preset=preset)
+        info["preset"] = preset
+        return model.eval(), info
+    state, prefix, ignored = extract_fec_state_dict(read_checkpoint(checkpoint), prefix)
+    preset = preset or _default_preset(prefix)
+    model = timm.create_model(model_name, num_classes=0, preset=preset)
+    stages = sorted({int(m.group(1)) for k in state for m in [re.match(r"stages\.(\d+)\.", k)] if m})
+    if not stages:
+        raise CheckpointError(f"{checkpoint!r}: the FEC under {prefix!r} has no stages (keys stages.<i>...)")
+    has_norm = any(k.startswith("norm.") for k in state)
+    if stages[-1] < len(model.stages) - 1 or not has_norm:
+        model.prune_intermediate_layers([stages[-1]], prune_norm=not has_norm, prune_head=True)
+    state = checkpoint_filter_fn(state, model)  # raises CheckpointError on missing/unexpected/mis-shaped keys
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")}, strict=True)
+    info.update(preset=preset, prefix=prefix or "(none)", stages=str(len(model.stages)))
+    if ignored:
+        modules = sorted({k.split(".", 1)[0] for k in ignored})
+        info["not FEC layers, ignored"] = f"{', '.join(modules)} ({len(ignored)} tensors)"
+    return model.eval(), info
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 100, restarts: int = 8, seed: int = 0) -> torch.Tensor:
+    """Euclidean k-means of ``x`` ``[N, D]`` into ``min(k, N)`` groups (k-means++ starts, best of
+    ``restarts`` by inertia, deterministic for a ``seed``); returns labels ``[N]`` numbered by first occurrence."""
+    x = x.double()
+    n = x.shape[0]
+    k = min(k, n)
+    if k <= 0:
+        raise ValueError(f"k-means needs k >= 1 and points, got k={k}, {n} points")
+    gen = torch.Generator().manual_seed(seed)
+    best, best_inertia = None, float("inf")
+    for _ in range(restarts):
+        centres = x[torch.randint(n, (1,), generator=gen)]
+        for _ in range(1, k):
+            d2 = torch.cdist(x, centres).min(dim=1).values.pow(2)
+            pick = torch.multinomial(d2, 1, generator=gen) if d2.sum() > 0 else torch.randint(n, (1,), generator=gen)
+            centres = torch.cat([centres, x[pick]])
+        for _ in range(iters):
+            labels = torch.cdist(x, centres).argmin(dim=1)
+            new = torch.stack([x[labels == j].mean(0) if (labels == j).any() else centres[j] for j in range(k)])
+            if torch.allclose(new, centres):
+                break
+            centres = new
+        labels = torch.cdist(x, centres).argmin(dim=1)
+        inertia = (x - centres[labels]).pow(2).sum().item()
+        if inertia < best_inertia - 1e-12:
+            best, best_inertia = labels, inertia
+    _, first = np.unique(best.numpy(), return_index=True)
+    order = {int(best[i]): rank for rank, i in enumerate(sorted(first))}
+    return torch.tensor([order[int(v)] for v in best], dtype=torch.long)
+
+
+@torch.no_grad()
+def cluster_maps(
+    model: nn.Module, run: Callable[[], object], clusters: int = 3, sample: int = 0, head: int = 0
+) -> ClusterMaps:
+    """Record one forward pass (``run()``, which calls ``model`` once, or anything containing its FEC
+    layers, such as a Detectron2 or smp model) and chain its assignments to the stride-4 points of image
+    ``sample`` of the batch."""
+    layers = clustering_layers(model)
+    pools = [m for _, m in layers if isinstance(m, ClusterPool)]
+    if not pools:
+        raise ValueError("the model has no clustering pool (a single-stage FEC): there is nothing to chain")
+    captured: Dict[str, torch.Tensor] = {}
+
+    def centre_features(module: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> None:
+        feats = module.conv_f(inputs[0].to(module.conv_f.weight.dtype))
+        captured["centres"] = F.avg_pool2d(feats, 2).flatten(2)  # [B, C, h*w]: output points, row-major
+
+    handle = pools[-1].register_forward_pre_hook(centre_features)
+    try:
+        with record_clusters(model) as records:
+            run()
+    finally:
+        handle.remove()
+    if not records:
+        raise ValueError("the forward pass did not reach any FEC clustering layer")
+    chains = [c[sample] for c in chain_to_input(records)]
+    blocks: List[Tuple[str, int, torch.Tensor]] = []
+    stage, last_block = 0, {}
+    for r in records:
+        if r.kind == "pool":
+            stage += 1
+        else:
+            last_block[stage] = r
+    for s, r in sorted(last_block.items()):
+        ids = r.assignment[sample, min(head, r.assignment.shape[1] - 1)].flatten()
+        blocks.append((r.name, s, ids[chains[s].flatten()].view_as(chains[0])))
+    final = chains[-1]
+    ids, inverse = torch.unique(final, return_inverse=True)
+    feats = captured["centres"][sample][:, ids].T  # [non-empty centres, C]
+    labels = kmeans(feats.cpu(), clusters)
+    groups = labels[inverse.cpu()].view_as(final)
+    return ClusterMaps(chains, blocks, groups, int(labels.max()) + 1, head)
+
+
+def _colour(i: int) -> Tuple[int, int, int]:
+    hue = (i * 0.61803398875) % 1.0
+    sat, val = (0.75, 0.95) if i % 2 == 0 else (0.55, 0.8)
+    return tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, sat, val))
+
+
+_GROUP_COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (145, 30, 180), (245, 130, 48),
+                  (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40), (128, 0, 0)]
+
+
+def _overlay(image: np.ndarray, labels: torch.Tensor, palette: Optional[Sequence[Tuple[int, int, int]]],
+             alpha: float = 0.55) -> np.ndarray:
+    """Blend a label map (nearest-upsampled to the image) over the image, with region borders darkened."""
+    h, w = image.shape[:2]
+    lab = F.interpolate(labels[None, None].double(), size=(h, w), mode="nearest")[0, 0].long().numpy()
+    ids = np.unique(lab)
+    colours = np.zeros((int(ids.max()) + 1, 3), dtype=np.float32)
+    for rank, i in enumerate(ids):
+        colours[i] = palette[i % len(palette)] if palette is not None else _colour(rank)
+    out = (1 - alpha) * image.astype(np.float32) + alpha * colours[lab]
+    border = np.zeros((h, w), dtype=bool)
+    border[:, 1:] |= lab[:, 1:] != lab[:, :-1]
+    border[1:, :] |= lab[1:, :] != lab[:-1, :]
+    out[border] *= 0.35
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def render_cluster_maps(image: np.ndarray, maps: ClusterMaps, path: str, panel: int = 256) -> Image.Image:
+    """Write a PNG: the image and the chained pooling regions of each stage, the k-means groups of
+    the final centres, and the block clusters of each stage. ``image``: ``[H, W, 3]`` uint8 as fed."""
+    shown = np.asarray(Image.fromarray(image).resize((panel, panel * image.shape[0] // image.shape[1]),
+                                                     Image.BICUBIC))
+    ph = shown.shape[0]
+    top: List[Tuple[str, np.ndarray]] = [("input", shown)]
+    for k, regions in enumerate(maps.regions[1:], start=1):
+        top.append((f"stage {k}: {len(torch.unique(regions))} regions", _overlay(shown, regions, None)))
+    top.append((f"k-means: {maps.num_groups} groups", _overlay(shown, maps.groups, _GROUP_COLOURS, 0.6)))
+    bottom = [(f"stage {s} block: {len(torch.unique(ids))} clusters", _overlay(shown, ids, None))
+              for _, s, ids in maps.blocks]
+    cols = max(len(top), len(bottom))
+    title_h, pad = 22, 6
+    canvas = Image.new("RGB", (cols * (panel + pad) + pad, 2 * (ph + title_h + pad) + pad + 40), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = _font(14)
+    for row, panels in enumerate((top, bottom)):
+        y = pad + row * (ph + title_h + pad)
+        for col, (title, pixels) in enumerate(panels):
+            x = pad + col * (panel + pad)
+            draw.text((x, y), title, fill="black", font=font)
+            canvas.paste(Image.fromarray(pixels), (x, y + title_h))
+    caption = (f"top: pooling regions chained from pixels through each clustering pool; bottom: clusters of "
+               f"head {maps.head} of each stage's last block. " + ", ".join(f"{k} {v}" for k, v in maps.info.items()))
+    small = _font(12)
+    lines = textwrap.wrap(caption, width=max(40, canvas.width // 7))[:2]
+    for i, line in enumerate(lines):
+        draw.text((pad, canvas.height - 36 + 17 * i), line, fill="black", font=small)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    canvas.save(path)
+    return canvas
+
+
+def visualize_image(
+    image_path: str,
+    out: str,
+    model_name: str = "fec_small",
+    checkpoint: Optional[str] = None,
+    clusters: int = 3,
+    size: int = 224,
+    preset: Optional[str] = None,
+    prefix: Optional[str] = None,
+    head: int = 0,
+) -> ClusterMaps:
+    """Load the model, run ``image_path`` resized to ``size`` x ``size`` (as the reference does) and
+    write the figure to ``out``."""
+    if size % 32:
+        raise ValueError(f"--size must be divisible by 32 for FEC, got {size}")
+    model, info = load_fec_backbone(model_name, checkpoint, preset, prefix)
+    try:
+        with Image.open(image_path) as img:
+            rgb = img.convert("RGB").resize((size, size), Image.BICUBIC)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read image {image_path!r}: {err}") from None
+    cfg = model.pretrained_cfg
+    pixels = np.array(rgb)
+    x = torch.from_numpy(pixels).permute(2, 0, 1).float().div(255)
+    x = ((x - torch.tensor(cfg["mean"]).view(3, 1, 1)) / torch.tensor(cfg["std"]).view(3, 1, 1))[None]
+    maps = cluster_maps(model, lambda: model.forward_intermediates(x, intermediates_only=True), clusters, head=head)
+    maps.info = dict(info, image=os.path.basename(image_path), size=f"{size}x{size}")
+    render_cluster_maps(pixels, maps, out)
+    return maps

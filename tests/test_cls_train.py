@@ -1,0 +1,178 @@
+"""Classification training and validation on the generated toy data: learning, agreement with
+validate.py, exact resume after a kill, DDP with 2 processes, AMP, and clear checkpoint errors."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from classification import train, validate
+from classification.data import DatasetError, ImageReadError
+from classification.toy_data import make_toy_imagefolder
+from fec_backbone.checkpoint import CheckpointError
+from reference_fec import reference_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY_CFG = os.path.join(ROOT, "configs", "classification", "toy.yaml")
+IN1K_CFG = os.path.join(ROOT, "configs", "classification", "fec_small_in1k.yaml")
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+@pytest.fixture(autouse=True)
+def _keep_thread_count():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("data") / "toy")
+    make_toy_imagefolder(root, train_per_class=48, val_per_class=16, size=32, verbose=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("data") / "tiny")
+    make_toy_imagefolder(root, train_per_class=4, val_per_class=2, size=32, verbose=False)
+    return root
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_training_learns_and_validate_agrees(toy, tmp_path):
+    out = str(tmp_path / "run")
+    result = train.main(["-c", TOY_CFG, "--data-dir", toy, "--img-size", "32", "-b", "16", "--epochs", "2",
+                         "--workers", "0", "--threads", "1", "--output", out, "--log-tb"])
+    assert result["eval"]["count"] == 64
+    assert result["eval"]["top1"] >= 60.0, result  # 4 classes: chance is 25%
+    rows = _rows(os.path.join(out, "summary.csv"))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    for name in ("last.pth.tar", "model_best.pth.tar", "checkpoint-1.pth.tar", "args.yaml"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(out, "tb")))
+    results_file = str(tmp_path / "val.json")
+    val = validate.main([toy, "--checkpoint", os.path.join(out, "last.pth.tar"), "-j", "0", "--threads", "1",
+                         "--results-file", results_file])
+    assert val["count"] == 64 and val["data_config"]["input_size"] == [3, 32, 32]
+    assert val["top1"] == pytest.approx(float(rows[-1]["eval_top1"]), abs=1e-9)
+    assert val["top5"] == pytest.approx(float(rows[-1]["eval_top5"]), abs=1e-9)
+    assert val["loss"] == pytest.approx(float(rows[-1]["eval_loss"]), rel=1e-4)
+    assert os.path.isfile(results_file)
+    with pytest.raises(SystemExit, match="already holds a run"):  # a fresh run never overwrites one
+        train.main(["-c", TOY_CFG, "--data-dir", toy, "--output", out])
+    with pytest.raises(CheckpointError, match="checkpoint of 'fec_small', not of --model 'fec_base'"):
+        validate.main([toy, "--checkpoint", os.path.join(out, "last.pth.tar"), "--model", "fec_base"])
+    with pytest.raises(CheckpointError, match="is a checkpoint of 'fec_small', but --model is 'fec_base'"):
+        train.main(["-c", TOY_CFG, "--data-dir", toy, "--model", "fec_base",
+                    "--resume", os.path.join(out, "last.pth.tar")])
+
+
+def test_resume_after_kill_continues_identically(tiny, tmp_path):
+    # the full reference recipe (RandAugment, mixup/cutmix, random erasing, smoothing, drop path) with EMA
+    # and a loader worker, so that every random source must be restored
+    args = ["-c", IN1K_CFG, "--data-dir", tiny, "--img-size", "32", "-b", "8", "--epochs", "2",
+            "--warmup-epochs", "1", "--workers", "1", "--model-ema", "--no-amp", "--threads", "1",
+            "--log-interval", "1"]
+    straight = str(tmp_path / "straight")
+    train.main(args + ["--output", straight])
+
+    killed = str(tmp_path / "killed")
+    proc = subprocess.Popen([sys.executable, "-m", "classification.train", *args, "--output", killed],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=ROOT)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Train: 1 ["):  # one step into the second epoch: kill without warning
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(lines)
+    last = os.path.join(killed, "last.pth.tar")
+    assert torch.load(last, weights_only=True)["epoch"] == 0
+
+    train.main(["--resume", last, "--threads", "1"])  # the run's settings come from its checkpoint
+    a = torch.load(os.path.join(straight, "last.pth.tar"), weights_only=True)
+    b = torch.load(last, weights_only=True)
+    assert a["epoch"] == b["epoch"] == 1 and a["num_updates"] == b["num_updates"] == 4
+    for key in ("state_dict", "state_dict_ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    timing = {"train_img_per_sec", "eval_img_per_sec", "eval_ema_img_per_sec"}
+    rows_a, rows_b = _rows(os.path.join(straight, "summary.csv")), _rows(os.path.join(killed, "summary.csv"))
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows_a] == \
+           [{k: v for k, v in r.items() if k not in timing} for r in rows_b]
+
+
+def test_ddp_two_processes_with_torchrun(tiny, tmp_path):
+    out = str(tmp_path / "ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "classification.train",
+           "-c", TOY_CFG, "--data-dir", tiny, "--img-size", "32", "-b", "8", "--epochs", "1", "--workers", "0",
+           "--grad-accum-steps", "2", "--clip-grad", "1.0", "--amp", "--amp-dtype", "bfloat16", "--output", out]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+    assert "distributed: 2 processes, backend gloo" in log
+    assert "DDP: the weights are identical in all 2 processes" in log
+    rows = _rows(os.path.join(out, "summary.csv"))
+    assert rows[0]["eval_count"] == "8" and rows[0]["train_images"] == "16"  # every image once per epoch
+    ckpt = torch.load(os.path.join(out, "last.pth.tar"), weights_only=True)
+    assert not any(k.startswith("module.") for k in ckpt["state_dict"])
+
+
+def test_float16_amp_with_loss_scaler_and_ema(tiny, tmp_path):
+    out = str(tmp_path / "fp16")
+    result = train.main(["-c", TOY_CFG, "--data-dir", tiny, "--img-size", "32", "-b", "8", "--epochs", "1",
+                         "--workers", "0", "--threads", "1", "--amp", "--amp-dtype", "float16", "--model-ema",
+                         "--output", out])
+    assert torch.isfinite(torch.tensor(result["train"]["loss"]))
+    ckpt = torch.load(os.path.join(out, "last.pth.tar"), weights_only=True)
+    assert "amp_scaler" in ckpt and "state_dict_ema" in ckpt
+    val = validate.main([tiny, "--checkpoint", os.path.join(out, "last.pth.tar"), "--use-ema", "-j", "0"])
+    assert val["top1"] == pytest.approx(result["eval"]["ema_top1"], abs=1e-9)
+
+
+def test_official_checkpoint_errors(tiny, tmp_path):
+    path = str(tmp_path / "official_fec_small.pth")
+    torch.save({"state_dict": reference_model("fec_small").state_dict()}, path)
+    with pytest.raises(CheckpointError, match=r"(?s)missing keys: .*shape mismatches: norm.bias: checkpoint \(320,\) "
+                                              r"vs model \(512,\)"):
+        validate.main([tiny, "--checkpoint", path, "--model", "fec_base"])
+    with pytest.raises(DatasetError, match="4 class folders but the checkpoint's classifier has 1000 outputs"):
+        validate.main([tiny, "--checkpoint", path, "--model", "fec_small"])
+
+
+def test_bad_data_stops_training_with_a_clear_error(tmp_path):
+    root = str(tmp_path / "toy")
+    make_toy_imagefolder(root, train_per_class=2, val_per_class=1, size=32, verbose=False)
+    args = ["-c", TOY_CFG, "--data-dir", root, "--img-size", "32", "-b", "8", "--workers", "1", "--threads", "1"]
+    bad = os.path.join(root, "train", "cross", "cross_0001.png")
+    with open(bad, "wb") as f:
+        f.write(b"truncated")
+    with pytest.raises(ImageReadError, match="cross_0001.png"):
+        train.main(args + ["--output", str(tmp_path / "a")])
+    os.remove(bad)
+    os.makedirs(os.path.join(root, "val", "hexagon"))
+    with pytest.raises(DatasetError, match=r"contain no images \(hexagon\)"):
+        train.main(args + ["--output", str(tmp_path / "b")])
+
+
+def test_config_with_unknown_key_is_rejected(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("model: fec_small\nlearning_rate: 0.1\n")
+    with pytest.raises(SystemExit):
+        train.parse_args(["-c", str(cfg)])
+    err = capsys.readouterr().err
+    assert "unknown keys in" in err and "learning_rate" in err

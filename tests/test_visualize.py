@@ -1,0 +1,174 @@
+"""Cluster visualisation: chained maps partition the pixels and nest from stage to stage, checkpoints of
+every ecosystem load with strict key checks, and ``fec visualize`` writes a non-blank PNG."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from classification.toy_data import draw_toy_scene
+from fec_backbone import cli
+from fec_backbone.checkpoint import CheckpointError
+from fec_backbone.visualize import cluster_maps, extract_fec_state_dict, kmeans, load_fec_backbone
+from helpers import randomize_scalars
+from reference_fec import reference_model
+
+
+def _is_function_of(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Every value of ``a`` maps to a single value of ``b`` (``b`` is constant on each region of ``a``)."""
+    pairs = torch.unique(torch.stack([a.flatten(), b.flatten()]), dim=1)
+    return pairs.shape[1] == torch.unique(a).numel()
+
+
+def _maps(model: nn.Module, size: int, clusters: int = 3):
+    x = torch.randn(1, 3, size, size)
+    return cluster_maps(model, lambda: model.forward_intermediates(x, intermediates_only=True), clusters)
+
+
+def test_kmeans_recovers_separated_groups_deterministically():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    truth = torch.arange(3).repeat_interleave(20)
+    x = centres[truth] + 0.3 * torch.randn(60, 2, generator=gen)
+    labels = kmeans(x, 3)
+    assert torch.equal(labels, truth)  # groups numbered by first occurrence
+    assert torch.equal(labels, kmeans(x, 3))
+    assert kmeans(x[:2], 5).tolist() == [0, 1]  # k above the number of points: one group each
+
+
+@pytest.mark.parametrize("preset,size", [("classification", 96), ("detection", 128)])
+def test_maps_partition_the_pixels_and_nest_across_stages(preset, size):
+    model = timm.create_model("fec_small", num_classes=0, preset=preset).eval()
+    randomize_scalars(model)
+    maps = _maps(model, size, clusters=3)
+    h0 = size // 4
+    assert len(maps.regions) == 4 and all(r.shape == (h0, h0) for r in maps.regions)
+    assert torch.equal(maps.regions[0].flatten(), torch.arange(h0 * h0))  # stage 0: every point its own
+    for k in range(1, 4):
+        side = h0 >> k
+        # a label per point (a partition), valid on the stage-k map, and each stage-(k-1) region inside one
+        # stage-k region: the chain is consistent from stage to stage
+        assert 0 <= maps.regions[k].min() and maps.regions[k].max() < side * side
+        assert _is_function_of(maps.regions[k - 1], maps.regions[k])
+    final = torch.unique(maps.regions[-1]).numel()
+    assert maps.num_groups == min(3, final)
+    assert sorted(torch.unique(maps.groups).tolist()) == list(range(maps.num_groups))
+    assert _is_function_of(maps.regions[-1], maps.groups)  # k-means groups whole final regions
+    assert [s for _, s, _ in maps.blocks] == [0, 1, 2, 3]
+    for _, stage, ids in maps.blocks:
+        assert ids.shape == (h0, h0) and _is_function_of(maps.regions[stage], ids)
+
+
+def test_maps_of_an_fec_inside_another_model():
+    class Detector(nn.Module):  # the shape of a Detectron2 model: backbone.bottom_up.body is the FEC
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Module()
+            self.backbone.bottom_up = nn.Module()
+            self.backbone.bottom_up.body = timm.create_model("fec_small", num_classes=0, preset="detection")
+            self.head = nn.Conv2d(320, 4, 1)
+
+        def forward(self, x):
+            return self.head(self.backbone.bottom_up.body.forward_intermediates(x, intermediates_only=True)[-1])
+
+    wrapper = Detector().eval()
+    x = torch.randn(1, 3, 128, 128)
+    outer = cluster_maps(wrapper, lambda: wrapper(x), 4)
+    body = wrapper.backbone.bottom_up.body
+    inner = cluster_maps(body, lambda: body.forward_intermediates(x, intermediates_only=True), 4)
+    assert all(torch.equal(a, b) for a, b in zip(outer.regions, inner.regions))
+    assert torch.equal(outer.groups, inner.groups)
+    assert outer.blocks[0][0] == "backbone.bottom_up.body.stages.0.blocks.2.token_mixer"
+
+
+def _trained_like(preset: str = "classification") -> nn.Module:
+    model = timm.create_model("fec_small", num_classes=0, preset=preset)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return model
+
+
+def _save(obj, path) -> str:
+    torch.save(obj, path)
+    return str(path)
+
+
+def test_detectron2_checkpoint_with_pruned_layers_loads(tmp_path):
+    body = _trained_like("detection")
+    body.prune_intermediate_layers([0, 1, 2], prune_norm=True)  # out_features res2..res4: no stage 4, no norm
+    state = {f"backbone.bottom_up.body.{k}": v for k, v in body.state_dict().items()}
+    state.update({"backbone.bottom_up.out_norms.res2.weight": torch.ones(32),
+                  "backbone.fpn_lateral2.weight": torch.zeros(256, 32, 1, 1),
+                  "roi_heads.box_predictor.cls_score.weight": torch.zeros(81, 1024)})
+    path = _save({"model": state, "iteration": 10}, tmp_path / "model_final.pth")
+    model, info = load_fec_backbone("fec_small", path)
+    assert info["prefix"] == "backbone.bottom_up.body." and info["preset"] == "detection"
+    assert len(model.stages) == 3 and isinstance(model.norm, nn.Identity)
+    assert model.stages[0].blocks[0].token_mixer.folds == (2, 2)
+    for key, value in body.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    maps = _maps(model, 128)
+    assert len(maps.regions) == 3 and maps.num_groups == 3
+
+
+def test_smp_and_official_checkpoints_load(tmp_path):
+    encoder = _trained_like("segmentation")  # the layout of seg_plugin's FecEncoder inside an smp model
+    encoder.prune_intermediate_layers([0, 1, 2, 3], prune_norm=True)
+    state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
+    state.update({f"encoder.out_norms.{i}.weight": torch.ones(c) for i, c in enumerate((32, 64, 196, 320))})
+    state.update({"decoder.conv.weight": torch.zeros(8, 8, 3, 3),
+                  "segmentation_head.0.weight": torch.zeros(2, 8, 1, 1)})
+    path = _save({"model": state, "iteration": 3}, tmp_path / "smp.pth")
+    model, info = load_fec_backbone("fec_small", path)
+    assert info["prefix"] == "encoder." and info["preset"] == "segmentation"
+    assert info["not FEC layers, ignored"] == "out_norms (4 tensors)"
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in encoder.state_dict().items())
+
+    official = reference_model("fec_small").state_dict()  # official key layout, with a 1000-class head
+    path = _save({"state_dict": official}, tmp_path / "official.pth")
+    model, info = load_fec_backbone("fec_small", path)
+    assert info["preset"] == "classification" and len(model.stages) == 4
+    assert torch.equal(model.stem.proj.weight, official["patch_embed.proj.weight"])
+    mm = {f"backbone.{k}": v for k, v in official.items() if not k.startswith("head.")}  # mmdet-style
+    path = _save({"state_dict": mm}, tmp_path / "mmdet.pth")
+    model, info = load_fec_backbone("fec_small", path, preset="classification")
+    assert torch.equal(model.stages[1].downsample.conv_f.weight, official["network.1.conv_f.weight"])
+
+
+def test_checkpoint_errors_say_what_does_not_fit(tmp_path):
+    sd = _trained_like().state_dict()
+    both = {**{f"model.{k}": v for k, v in sd.items()}, **{f"model_ema.{k}": v for k, v in sd.items()}}
+    with pytest.raises(CheckpointError, match=r"several FECs, under the prefixes \['model.', 'model_ema.'\]"):
+        extract_fec_state_dict(both)
+    sub, prefix, ignored = extract_fec_state_dict(both, "model_ema.")
+    assert prefix == "model_ema." and sub.keys() == sd.keys() and ignored == []
+    with pytest.raises(CheckpointError, match="no FEC weights in this checkpoint"):
+        extract_fec_state_dict({"conv1.weight": torch.zeros(1)})
+    base = timm.create_model("fec_base", num_classes=0).state_dict()
+    path = _save({f"encoder.model.{k}": v for k, v in base.items()}, tmp_path / "base.pth")
+    with pytest.raises(CheckpointError, match=r"shape mismatches: norm.bias: checkpoint \(512,\) vs model \(320,\)"):
+        load_fec_backbone("fec_small", path)
+    broken = {f"backbone.bottom_up.body.{k}": v for k, v in sd.items() if "stages.1.blocks.2." not in k}
+    with pytest.raises(CheckpointError, match="missing keys: stages.1.blocks.2"):
+        load_fec_backbone("fec_small", _save(broken, tmp_path / "broken.pth"))
+
+
+def test_cli_writes_a_picture(tmp_path, capsys):
+    image = tmp_path / "scene.png"
+    draw_toy_scene(0, 128).save(image)
+    sd = _trained_like("detection").state_dict()
+    ckpt = _save({"model": {f"backbone.bottom_up.body.{k}": v for k, v in sd.items()}}, tmp_path / "d2.pth")
+    out = tmp_path / "out" / "clusters.png"
+    assert cli.main(["visualize", str(image), "--model", "fec_small", "--checkpoint", ckpt, "--clusters", "4",
+                     "--size", "128", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "preset: detection" in printed and "k-means of the final centres: 4 groups" in printed
+    pixels = np.asarray(Image.open(out).convert("RGB"))
+    assert pixels.shape[0] > 400 and pixels.shape[1] > 1000  # two rows of panels, five columns
+    assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500  # not blank
+    assert cli.main(["visualize", str(image), "--out", str(tmp_path / "x.png"), "--size", "100"]) == 2
+    assert "divisible by 32" in capsys.readouterr().err

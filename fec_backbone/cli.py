@@ -2,6 +2,7 @@
 
     fec flops [--models fec_small fec_base] [--size 224]
     fec visualize IMAGE --model fec_small [--checkpoint PATH] [--clusters K] --out OUT.png
+    fec export --model fec_small [--checkpoint PATH] [--features-only] [--size 224] --out fec_small.onnx
 """
 from __future__ import annotations
 
@@ -41,6 +42,21 @@ def _visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+    from .export import export_onnx
+
+    try:
+        result = export_onnx(args.out, args.model, args.checkpoint, args.features_only, args.size,
+                             preset=args.preset, num_classes=args.num_classes)
+    except (CheckpointError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {result['path']} ({result['outputs']} output(s)); onnxruntime vs PyTorch: "
+          f"max abs difference {result['max_abs_diff']:.2e}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fec", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default=None, help="key prefix of the FEC weights when a checkpoint holds several")
     p.add_argument("--head", type=int, default=0, help="head whose block clusters are drawn")
     p.set_defaults(func=_visualize)
+    p = sub.add_parser("export", help="export a classifier or features_only backbone to ONNX, checked with onnxruntime")
+    p.add_argument("--model", default="fec_small", choices=MODELS)
+    p.add_argument("--checkpoint", default=None, help="an official FEC checkpoint or one of ours (default: random)")
+    p.add_argument("--features-only", action="store_true", help="export the 4 stage maps instead of logits")
+    p.add_argument("--size", type=int, default=224, help="square input size (divisible by 32); batch stays dynamic")
+    p.add_argument("--preset", default="classification", choices=["classification", "segmentation", "detection"])
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the checkpoint's)")
+    p.add_argument("--out", required=True, help="output .onnx file")
+    p.set_defaults(func=_export)
     return parser
 
 

@@ -16,3 +16,13 @@ def test_onnx_export_matches_pytorch(tmp_path, features_only, preset, outputs):
     assert result["outputs"] == outputs
     assert result["max_abs_diff"] < 1e-4  # on a batch size other than the exported one (dynamic batch)
     assert (tmp_path / "fec.onnx").stat().st_size > 1_000_000
+
+
+def test_fec_export_command(tmp_path, capsys):
+    from fec_backbone.cli import main
+
+    out = tmp_path / "cls.onnx"
+    assert main(["export", "--model", "fec_small", "--size", "64", "--num-classes", "5", "--out", str(out)]) == 0
+    assert out.exists() and "max abs difference" in capsys.readouterr().out
+    assert main(["export", "--size", "48", "--out", str(tmp_path / "bad.onnx")]) == 2
+    assert "divisible by 32" in capsys.readouterr().err

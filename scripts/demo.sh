@@ -8,3 +8,5 @@ printf '\n==> FEC core: timm model, parameters and FLOPs\n'
 $PY -m fec_backbone.demo
 printf '\n==> classification: toy ImageNet-style training, validation, DDP, cluster picture\n'
 $PY -m classification.demo
+printf '\n==> Detectron2: Mask R-CNN FEC-S on generated COCO-format shapes, AP before and after training\n'
+$PY -m d2_plugin.demo

@@ -1,0 +1,33 @@
+"""The ``MODEL.FEC`` config node, added to a Detectron2 config by :func:`add_fec_config`."""
+from __future__ import annotations
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_fec_config"]
+
+
+def add_fec_config(cfg: CN) -> None:
+    """Add the FEC backbone options to ``cfg`` (in place), with the reference detection defaults.
+
+    ``MODEL.FEC``:
+
+    * ``NAME``: timm model name (``fec_small``, ``fec_base``, ``fec_large``).
+    * ``PROPOSALS``: cluster centres per side, per stage (detection preset: 7, 7, 7, 7).
+    * ``FOLDS``: clustering regions per side, per stage (detection preset: 2, 2, 1, 1).
+    * ``DROP_PATH_RATE``: stochastic depth of the deepest block.
+    * ``OUT_FEATURES``: stage maps to return, among ``res2`` .. ``res5`` (strides 4 .. 32).
+    * ``FREEZE_AT``: 0 trains everything; 1 freezes the stem; ``k`` >= 2 also freezes stages
+      ``res2`` .. ``res<k>`` (as ``MODEL.BACKBONE.FREEZE_AT`` for ResNets, which FEC ignores).
+    * ``WEIGHTS``: an official FEC ImageNet checkpoint (or one of ours) loaded into the backbone
+      when the model is built; ``MODEL.WEIGHTS``, loaded afterwards, takes precedence.
+    * ``GRAD_CHECKPOINT``: recompute the stages in the backward pass to save memory.
+    """
+    cfg.MODEL.FEC = CN()
+    cfg.MODEL.FEC.NAME = "fec_small"
+    cfg.MODEL.FEC.PROPOSALS = [7, 7, 7, 7]
+    cfg.MODEL.FEC.FOLDS = [2, 2, 1, 1]
+    cfg.MODEL.FEC.DROP_PATH_RATE = 0.0
+    cfg.MODEL.FEC.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FEC.FREEZE_AT = 0
+    cfg.MODEL.FEC.WEIGHTS = ""
+    cfg.MODEL.FEC.GRAD_CHECKPOINT = False

@@ -1,0 +1,148 @@
+"""Exact resume for Detectron2 trainers: :class:`ResumableTrainerMixin`.
+
+A resumed run continues exactly as the interrupted one would have if the checkpoint holds, beyond the
+model, scheduler and iteration that ``DefaultTrainer`` saves:
+
+* the optimizer state: Detectron2 v0.6's ``DefaultTrainer`` leaves it out of its checkpoints (AdamW's
+  moments and the current learning rate are lost on resume; fixed on main), so the mixin saves it;
+* the random generators (Python, NumPy, torch CPU and CUDA) and the training sampler's seed
+  (:class:`TrainingRNG`), restored after resuming;
+* the position in the training sample stream: the loader restarts ``start_iter`` batches in
+  (:func:`d2_plugin.data.build_resumable_train_loader`).
+
+Evaluations during training leave the generators untouched (:func:`preserve_rng`).
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import Any, Dict, Iterator, Optional
+
+import numpy as np
+import torch
+from detectron2.engine import DefaultTrainer, SimpleTrainer
+from detectron2.utils import comm
+
+from .data import build_resumable_train_loader
+
+__all__ = ["ResumableTrainerMixin", "TrainingRNG", "preserve_rng", "replace_train_loader", "sampler_seed"]
+
+
+def sampler_seed(cfg) -> int:
+    """The training sampler's seed: ``cfg.SEED`` when set, else one random seed shared by all ranks."""
+    return int(cfg.SEED) if cfg.SEED >= 0 else int(comm.shared_random_seed())
+
+
+def _capture() -> Dict[str, Any]:
+    np_state = np.random.get_state()
+    state: Dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore(state: Dict[str, Any]) -> None:
+    random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def preserve_rng() -> Iterator[None]:
+    """Run a block (e.g. an evaluation during training) without changing any generator's state."""
+    state = _capture()
+    try:
+        yield
+    finally:
+        _restore(state)
+
+
+class TrainingRNG:
+    """Checkpointable generator states of this rank plus the training sampler's seed.
+
+    ``state_dict`` captures the current states. ``load_state_dict`` only stores them: call
+    :meth:`restore` once everything that draws random numbers while resuming (building the new loader)
+    is done. All values are tensors or plain Python, so checkpoints load with ``weights_only=True``.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+        self._pending: Optional[Dict[str, Any]] = None
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"sampler_seed": self.seed, "rank": comm.get_rank(), **_capture()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.seed = int(state["sampler_seed"])
+        self._pending = state if state.get("rank", 0) == comm.get_rank() else None
+
+    def restore(self) -> bool:
+        """Apply the states loaded from a checkpoint; False if there were none for this rank."""
+        if self._pending is None:
+            return False
+        _restore(self._pending)
+        self._pending = None
+        return True
+
+
+def replace_train_loader(trainer: SimpleTrainer, loader) -> None:
+    """Make ``trainer`` (a ``SimpleTrainer``/``AMPTrainer``) draw from ``loader`` from its next step on;
+    works with Detectron2 v0.6 (iterator made in ``__init__``) and main (iterator made lazily)."""
+    trainer.data_loader = loader
+    if isinstance(getattr(type(trainer), "_data_loader_iter", None), property):
+        trainer._data_loader_iter_obj = None
+    else:
+        trainer._data_loader_iter = iter(loader)
+
+
+class ResumableTrainerMixin:
+    """Mix into a ``DefaultTrainer`` subclass (``class Trainer(ResumableTrainerMixin, DefaultTrainer)``)
+    for an exact resume; see the module docstring. A subclass that builds its own training loader
+    should accept and honour ``start_iter`` and ``seed`` in :meth:`build_train_loader`."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        seed = getattr(self._trainer.data_loader, "fec_sampler_seed", None)
+        self.rng = TrainingRNG(sampler_seed(cfg) if seed is None else seed)
+        self.checkpointer.add_checkpointable("rng", self.rng)
+
+    @classmethod
+    def build_train_loader(cls, cfg, start_iter: int = 0, seed: Optional[int] = None):
+        """The config's training loader, ``start_iter`` batches into its sample stream."""
+        seed = sampler_seed(cfg) if seed is None else seed
+        loader = build_resumable_train_loader(cfg, seed=seed, start_iter=start_iter)
+        loader.fec_sampler_seed = seed
+        return loader
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        with preserve_rng():  # evaluating mid-training must not change the training's random stream
+            return super().test(cfg, model, evaluators)
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        super().resume_or_load(resume=resume)
+        if self.start_iter > 0:
+            replace_train_loader(self._trainer, self.build_train_loader(self.cfg, self.start_iter, self.rng.seed))
+        self.rng.restore()
+
+    def state_dict(self) -> Dict[str, Any]:
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()  # the optimizer (and AMP grad scaler)
+        return ret
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict and "load_state_dict" not in vars(DefaultTrainer):  # main loads it itself
+            self._trainer.load_state_dict(state_dict["_trainer"])

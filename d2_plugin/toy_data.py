@@ -1,0 +1,210 @@
+"""A small, deterministic COCO-format instance dataset generated on the spot: coloured shapes whose class
+is their kind (circle, square, triangle) on a noisy background, with boxes and polygon masks.
+
+    make_toy_coco("datasets/fec_toy", num_train=240, num_val=48, seed=0)
+    register_toy_dataset("datasets/fec_toy")   # "fec_toy_train", "fec_toy_val"
+
+Named variants (:data:`TOY_VARIANTS`) are generated under ``$DETECTRON2_DATASETS/<variant>`` on first
+use by :func:`prepare_toy_datasets`, which ``train_net.py`` calls for configs naming them:
+``fec_toy_{train,val}`` (240 / 48 images) and ``fec_toy_mini_{train,val}`` (16 / 8, for tests).
+
+Images have odd sizes (the first is 250x190), so Detectron2's padding to the backbone's size
+divisibility is exercised. The same arguments always give byte-identical files.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .data import validate_coco_instances
+
+__all__ = [
+    "TOY_CLASSES",
+    "TOY_SPLITS",
+    "TOY_VARIANTS",
+    "datasets_root",
+    "ensure_toy_coco",
+    "make_toy_coco",
+    "prepare_toy_datasets",
+    "register_toy_dataset",
+]
+
+logger = logging.getLogger(__name__)
+
+TOY_CLASSES = ("circle", "square", "triangle")
+TOY_SPLITS = ("train", "val")
+GENERATOR_VERSION = 1
+FIRST_SIZE = (250, 190)  # width, height of image 0 of every split
+#: Generated datasets by name prefix: images per split.
+TOY_VARIANTS: Dict[str, Dict[str, int]] = {
+    "fec_toy": {"num_train": 240, "num_val": 48},
+    "fec_toy_mini": {"num_train": 16, "num_val": 8},
+}
+
+
+def datasets_root() -> str:
+    """``$DETECTRON2_DATASETS`` (default ``datasets``), where Detectron2 looks for its builtin datasets."""
+    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+
+def _shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> List[Tuple[float, float]]:
+    if kind == "circle":
+        corners, start = 40, 0.0
+    elif kind == "square":
+        corners, start = 4, math.pi / 4
+        r *= 1.1
+    else:
+        corners, start = 3, -math.pi / 2
+        r *= 1.25
+    return [
+        (cx + r * math.cos(start + angle + 2 * math.pi * k / corners), cy + r * math.sin(start + angle + 2 * math.pi * k / corners))
+        for k in range(corners)
+    ]
+
+
+def _draw_image(rng: np.random.Generator, width: int, height: int, max_objects: int):
+    background = rng.integers(0, 256, size=3)
+    pixels = np.clip(background + rng.normal(0.0, 12.0, size=(height, width, 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    draw = ImageDraw.Draw(image)
+    placed: List[Tuple[float, float, float]] = []
+    objects = []
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        for _attempt in range(30):
+            r = float(rng.uniform(0.12, 0.24) * min(width, height))
+            cx = float(rng.uniform(r * 1.3, width - r * 1.3))
+            cy = float(rng.uniform(r * 1.3, height - r * 1.3))
+            if all(math.hypot(cx - x, cy - y) > 1.3 * (r + q) for x, y, q in placed):
+                break
+        else:
+            continue
+        kind = int(rng.integers(len(TOY_CLASSES)))
+        angle = float(rng.uniform(-0.35, 0.35))
+        color = rng.integers(0, 256, size=3)
+        while np.abs(color.astype(int) - background).sum() < 200:
+            color = rng.integers(0, 256, size=3)
+        polygon = [(round(x, 2), round(y, 2)) for x, y in _shape_polygon(TOY_CLASSES[kind], cx, cy, r, angle)]
+        draw.polygon(polygon, fill=tuple(int(c) for c in color))
+        placed.append((cx, cy, r))
+        objects.append((kind, polygon))
+    return image, objects
+
+
+def _polygon_area(polygon: Sequence[Tuple[float, float]]) -> float:
+    xs, ys = np.array([p[0] for p in polygon]), np.array([p[1] for p in polygon])
+    return float(0.5 * abs(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))))
+
+
+def _make_split(root: str, split: str, num_images: int, seed: int, max_objects: int) -> Dict:
+    rng = np.random.default_rng([seed, TOY_SPLITS.index(split)])
+    image_dir = os.path.join(root, split)
+    os.makedirs(image_dir, exist_ok=True)
+    images, annotations = [], []
+    for i in range(num_images):
+        width, height = FIRST_SIZE if i == 0 else (int(rng.integers(180, 260)), int(rng.integers(150, 250)))
+        image, objects = _draw_image(rng, width, height, max_objects)
+        file_name = f"{i:05d}.png"
+        image.save(os.path.join(image_dir, file_name), format="PNG")
+        images.append({"id": i + 1, "file_name": file_name, "width": width, "height": height})
+        for kind, polygon in objects:
+            xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
+            x0, y0 = max(min(xs), 0.0), max(min(ys), 0.0)
+            box = [round(x0, 2), round(y0, 2), round(min(max(xs), width) - x0, 2), round(min(max(ys), height) - y0, 2)]
+            annotations.append({
+                "id": len(annotations) + 1,
+                "image_id": i + 1,
+                "category_id": kind + 1,
+                "bbox": box,
+                "area": round(_polygon_area(polygon), 2),
+                "segmentation": [[c for p in polygon for c in p]],
+                "iscrowd": 0,
+            })
+    return {
+        "info": {"description": f"FEC toy shapes ({split})", "version": GENERATOR_VERSION,
+                 "generator": {"num_images": num_images, "seed": seed, "max_objects": max_objects}},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(TOY_CLASSES)],
+    }
+
+
+def annotation_file(root: str, split: str) -> str:
+    return os.path.join(root, "annotations", f"instances_{split}.json")
+
+
+def make_toy_coco(root: str, num_train: int = 240, num_val: int = 48, seed: int = 0, max_objects: int = 3) -> Dict[str, str]:
+    """Write ``root/{train,val}/*.png`` and ``root/annotations/instances_{train,val}.json``; returns the json
+    path per split. Deterministic: the same arguments give identical files."""
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    out = {}
+    for split, count in zip(TOY_SPLITS, (num_train, num_val)):
+        data = _make_split(root, split, count, seed, max_objects)
+        path = annotation_file(root, split)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, sort_keys=True)
+        os.replace(tmp, path)
+        out[split] = path
+        logger.info("toy dataset: %d %s images, %d instances -> %s", count, split, len(data["annotations"]), path)
+    return out
+
+
+def _generated_with(root: str, split: str) -> Optional[Dict]:
+    try:
+        with open(annotation_file(root, split), encoding="utf-8") as f:
+            info = json.load(f).get("info", {})
+    except (OSError, ValueError):
+        return None
+    return info.get("generator") if info.get("version") == GENERATOR_VERSION else None
+
+
+def ensure_toy_coco(root: str, num_train: int = 240, num_val: int = 48, seed: int = 0, max_objects: int = 3) -> Dict[str, str]:
+    """:func:`make_toy_coco` unless ``root`` already holds the data generated with these arguments."""
+    wanted = {"train": num_train, "val": num_val}
+    if all(
+        _generated_with(root, s) == {"num_images": wanted[s], "seed": seed, "max_objects": max_objects} for s in TOY_SPLITS
+    ):
+        return {s: annotation_file(root, s) for s in TOY_SPLITS}
+    return make_toy_coco(root, num_train, num_val, seed, max_objects)
+
+
+def register_toy_dataset(root: str, prefix: str = "fec_toy") -> List[str]:
+    """Validate the toy data under ``root`` and register ``<prefix>_train`` / ``<prefix>_val`` with
+    ``register_coco_instances`` (replacing earlier registrations of these names)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    names = []
+    for split in TOY_SPLITS:
+        name, json_file, image_root = f"{prefix}_{split}", annotation_file(root, split), os.path.join(root, split)
+        validate_coco_instances(json_file, image_root)
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        register_coco_instances(name, {}, json_file, image_root)
+        names.append(name)
+    return names
+
+
+def prepare_toy_datasets(names: Sequence[str], root: Optional[str] = None) -> List[str]:
+    """Generate (if needed) and register every toy variant that ``names`` refer to, under
+    ``root/<variant>`` (default :func:`datasets_root`); returns the registered names. Call it in every
+    process: the main one generates while the others wait."""
+    from detectron2.utils import comm
+
+    root = datasets_root() if root is None else root
+    variants = [v for v in TOY_VARIANTS if any(n in (f"{v}_{s}" for s in TOY_SPLITS) for n in names)]
+    registered = []
+    for variant in variants:
+        if comm.is_main_process():
+            ensure_toy_coco(os.path.join(root, variant), **TOY_VARIANTS[variant])
+        comm.synchronize()
+        registered += register_toy_dataset(os.path.join(root, variant), prefix=variant)
+    return registered

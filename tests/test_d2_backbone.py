@@ -1,0 +1,239 @@
+"""Detectron2 plugin: registered backbones, output shapes and norms, FPN variants, freezing, the
+optimizer's parameter groups, configs, ImageNet initialisation and odd image sizes."""
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("detectron2")
+import d2_plugin  # noqa: E402
+from d2_plugin.convert_imagenet import convert  # noqa: E402
+from d2_plugin.solver import build_fec_optimizer  # noqa: E402
+
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model  # noqa: E402
+
+import fec_backbone  # noqa: E402
+from fec_backbone.checkpoint import CheckpointError  # noqa: E402
+from fec_backbone.fec import _official_key  # noqa: E402
+from reference_fec import reference_model  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs", "detectron2")
+CHANNELS = {"fec_small": [32, 64, 196, 320], "fec_base": [64, 128, 320, 512], "fec_large": [64, 128, 320, 512]}
+
+
+def make_cfg(config: str = "toy_mask_rcnn_fec_s.yaml", *opts):
+    cfg = get_cfg()
+    d2_plugin.add_fec_config(cfg)
+    cfg.merge_from_file(os.path.join(CONFIGS, config))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
+    return cfg
+
+
+def test_builders_registered():
+    for name in ("build_fec_backbone", "build_fec_fpn_backbone", "build_retinanet_fec_fpn_backbone"):
+        assert BACKBONE_REGISTRY.get(name) is not None
+
+
+@pytest.mark.parametrize("name", ["fec_small", "fec_base", "fec_large"])
+def test_fec_backbone_outputs(name):
+    cfg = make_cfg("toy_mask_rcnn_fec_s.yaml", "MODEL.BACKBONE.NAME", "build_fec_backbone", "MODEL.FEC.NAME", name)
+    backbone = build_backbone(cfg).eval()
+    assert isinstance(backbone.body, fec_backbone.FEC)  # the core model itself, not a copy
+    shapes = backbone.output_shape()
+    assert list(shapes) == ["res2", "res3", "res4", "res5"]
+    assert [s.channels for s in shapes.values()] == CHANNELS[name]
+    assert [s.stride for s in shapes.values()] == [4, 8, 16, 32]
+    assert backbone.size_divisibility == 32
+    assert backbone.padding_constraints == {"size_divisibility": 32}
+    mixers = [m for m in backbone.modules() if isinstance(m, fec_backbone.fec.ClusterMixer)]
+    assert [m.proposals for m in mixers[:1]] == [(7, 7)] and mixers[0].folds == (2, 2) and mixers[-1].folds == (1, 1)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        out = backbone(x)
+        raw = backbone.body.forward_intermediates(x, intermediates_only=True)
+    for (key, spec), ref in zip(shapes.items(), raw):
+        assert out[key].shape == (1, spec.channels, 64 // spec.stride, 96 // spec.stride)
+        norm = backbone.out_norms[key]
+        assert isinstance(norm, torch.nn.GroupNorm) and norm.num_groups == 1
+        torch.testing.assert_close(out[key], F.group_norm(ref, 1, norm.weight, norm.bias, norm.eps))
+
+
+def test_fpn_backbone():
+    backbone = build_backbone(make_cfg("mask_rcnn_fec_s_fpn_1x_coco.yaml")).eval()
+    shapes = backbone.output_shape()
+    assert {k: (v.channels, v.stride) for k, v in shapes.items()} == {
+        f"p{i}": (256, 2**i) for i in range(2, 7)
+    }
+    assert backbone.size_divisibility == 32
+    with torch.no_grad():
+        out = backbone(torch.randn(1, 3, 64, 64))
+    assert {k: tuple(v.shape[-2:]) for k, v in out.items()} == {"p2": (16, 16), "p3": (8, 8), "p4": (4, 4), "p5": (2, 2), "p6": (1, 1)}
+
+
+def test_retinanet_backbone():
+    cfg = make_cfg("retinanet_fec_s_fpn_1x_coco.yaml")
+    backbone = build_backbone(cfg).eval()
+    assert {k: (v.channels, v.stride) for k, v in backbone.output_shape().items()} == {
+        f"p{i}": (256, 2**i) for i in range(3, 8)
+    }
+    bottom_up = backbone.bottom_up
+    assert list(bottom_up.output_shape()) == ["res3", "res4", "res5"]
+    assert "res2" not in bottom_up.out_norms  # the unused level gets no norm
+    with torch.no_grad():
+        out = backbone(torch.randn(1, 3, 128, 128))
+    assert tuple(out["p7"].shape) == (1, 256, 1, 1)
+    model = build_model(cfg)
+    assert type(model).__name__ == "RetinaNet"
+
+
+def test_bad_backbone_config():
+    with pytest.raises(ValueError, match="res6"):
+        build_backbone(make_cfg("toy_mask_rcnn_fec_s.yaml", "MODEL.FEC.OUT_FEATURES", ["res2", "res6"]))
+    with pytest.raises(ValueError, match="MODEL.FPN.IN_FEATURES"):
+        build_backbone(make_cfg("toy_mask_rcnn_fec_s.yaml", "MODEL.FEC.OUT_FEATURES", ["res4", "res5"]))
+    with pytest.raises(ValueError, match="fec_tiny"):
+        build_backbone(make_cfg("toy_mask_rcnn_fec_s.yaml", "MODEL.FEC.NAME", "fec_tiny"))
+
+
+def test_freezing():
+    backbone = build_backbone(make_cfg("toy_mask_rcnn_fec_s.yaml", "MODEL.FEC.FREEZE_AT", 3, "MODEL.FEC.DROP_PATH_RATE", 0.1))
+    body = backbone.bottom_up.body
+    frozen = [body.stem, body.stages[0], body.stages[1]]
+    assert all(not p.requires_grad for m in frozen for p in m.parameters())
+    assert all(p.requires_grad for m in body.stages[2:] for p in m.parameters())
+    backbone.train()
+    assert all(not m.training for f in frozen for m in f.modules())  # no drop path in frozen stages
+    assert body.stages[2].training
+    out = backbone(torch.randn(1, 3, 64, 64))
+    sum(v.sum() for v in out.values()).backward()
+    assert all(p.grad is None for m in frozen for p in m.parameters())
+    assert body.stages[3].blocks[0].mlp.fc1.weight.grad is not None
+    free = build_backbone(make_cfg("toy_mask_rcnn_fec_s.yaml", "MODEL.FEC.GRAD_CHECKPOINT", True))
+    assert all(p.requires_grad for p in free.parameters())
+    assert all(stage.grad_checkpointing for stage in free.bottom_up.body.stages)
+
+
+def test_optimizer_param_groups():
+    cfg = make_cfg()
+    model = build_model(cfg)
+    optimizer = build_fec_optimizer(cfg, model)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    lrs = {g["lr"] for g in optimizer.param_groups}
+    assert lrs == {cfg.SOLVER.BASE_LR}
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert len(decay) == len(trainable) == sum(len(g["params"]) for g in optimizer.param_groups)
+    norms = {id(p) for m in model.modules() if isinstance(m, torch.nn.GroupNorm) for p in m.parameters()}
+    seen = set()
+    for name, p in trainable:
+        if id(p) in norms or name.endswith(("sim_alpha", "sim_beta", "layer_scale_1", "layer_scale_2")):
+            assert decay[id(p)] == 0.0, name
+            seen.add(name.rsplit(".", 1)[-1])
+        else:
+            assert decay[id(p)] == cfg.SOLVER.WEIGHT_DECAY == 1e-4, name
+    assert {"sim_alpha", "sim_beta", "layer_scale_1", "layer_scale_2", "weight", "bias"} <= seen
+
+
+def test_configs():
+    expected = {
+        "mask_rcnn_fec_s_fpn_1x_coco.yaml": ("fec_small", "GeneralizedRCNN", 2e-4),
+        "mask_rcnn_fec_b_fpn_1x_coco.yaml": ("fec_base", "GeneralizedRCNN", 2e-4),
+        "mask_rcnn_fec_l_fpn_1x_coco.yaml": ("fec_large", "GeneralizedRCNN", 2e-4),
+        "retinanet_fec_s_fpn_1x_coco.yaml": ("fec_small", "RetinaNet", 1e-4),
+    }
+    for file, (name, arch, lr) in expected.items():
+        cfg = make_cfg(file)
+        assert (cfg.MODEL.FEC.NAME, cfg.MODEL.META_ARCHITECTURE, cfg.SOLVER.BASE_LR) == (name, arch, lr), file
+        assert cfg.MODEL.MASK_ON == (arch == "GeneralizedRCNN")
+        assert list(cfg.MODEL.FEC.PROPOSALS) == [7, 7, 7, 7] and list(cfg.MODEL.FEC.FOLDS) == [2, 2, 1, 1]
+        s = cfg.SOLVER
+        epoch = 7330
+        assert (s.IMS_PER_BATCH, s.WEIGHT_DECAY, s.WARMUP_ITERS, s.MAX_ITER) == (16, 1e-4, 500, 12 * epoch)
+        assert tuple(s.STEPS) == (8 * epoch, 11 * epoch)
+        assert (cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.FORMAT) == ((800,), 1333, "RGB")
+    for file in glob.glob(os.path.join(CONFIGS, "*.yaml")):
+        make_cfg(os.path.basename(file))  # every file, bases included, merges
+
+
+@pytest.fixture(scope="module")
+def official_checkpoint(tmp_path_factory):
+    """An official-layout FEC-S ImageNet checkpoint (the oracle's keys: patch_embed, network.<i>, norm,
+    head), nested under "model" as the official release files are."""
+    ref = reference_model("fec_small")
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_()
+    state = {k: v.clone() for k, v in ref.state_dict().items()}
+    path = tmp_path_factory.mktemp("imagenet") / "fec_small_official.pth"
+    torch.save({"model": state}, path)
+    return path, state
+
+
+def _assert_backbone_equals(body_state, official):
+    mapped = {_official_key(k): v for k, v in official.items()}
+    assert set(body_state) <= set(mapped), sorted(set(body_state) - set(mapped))[:5]
+    for key, value in body_state.items():
+        assert torch.equal(value, mapped[key]), key
+
+
+def test_imagenet_init_from_fec_weights(official_checkpoint):
+    path, state = official_checkpoint
+    model = build_model(make_cfg("mask_rcnn_fec_s_fpn_1x_coco.yaml", "MODEL.FEC.WEIGHTS", str(path)))
+    body = model.backbone.bottom_up.body
+    _assert_backbone_equals(body.state_dict(), state)
+    assert len(body.state_dict()) == len([k for k in state if not k.startswith(("head.", "norm."))])
+
+
+def test_imagenet_init_from_converted_model_weights(official_checkpoint, tmp_path):
+    path, state = official_checkpoint
+    converted = tmp_path / "fec_small_d2.pth"
+    torch.save(convert(str(path), "fec_small"), converted)
+    model = build_model(make_cfg("mask_rcnn_fec_s_fpn_1x_coco.yaml"))
+    checkpointer = DetectionCheckpointer(model)
+    incompatible = checkpointer._load_model(checkpointer._load_file(str(converted)))
+    assert not [k for k in incompatible.missing_keys if k.startswith("backbone.bottom_up.body.")]
+    assert not incompatible.unexpected_keys and not incompatible.incorrect_shapes
+    _assert_backbone_equals(model.backbone.bottom_up.body.state_dict(), state)
+    checkpointer.load(str(converted))  # the ordinary MODEL.WEIGHTS path
+
+
+def test_imagenet_init_wrong_checkpoint(tmp_path):
+    wrong = tmp_path / "fec_base.pth"
+    torch.save(reference_model("fec_base").state_dict(), wrong)
+    with pytest.raises(CheckpointError, match="shape"):
+        build_model(make_cfg("mask_rcnn_fec_s_fpn_1x_coco.yaml", "MODEL.FEC.WEIGHTS", str(wrong)))
+    with pytest.raises(CheckpointError, match="not found"):
+        build_model(make_cfg("mask_rcnn_fec_s_fpn_1x_coco.yaml", "MODEL.FEC.WEIGHTS", str(tmp_path / "none.pth")))
+
+
+@pytest.mark.parametrize("sizes", [[(190, 250)], [(97, 131), (160, 203)]])
+def test_odd_image_sizes(sizes):
+    """Images of any size go through: Detectron2 pads the batch to the backbone's divisibility (32)."""
+    model = build_model(make_cfg()).eval()
+    inputs = [{"image": torch.randint(0, 255, (3, h, w), dtype=torch.uint8), "height": h, "width": w} for h, w in sizes]
+    images = model.preprocess_image(inputs)
+    assert images.tensor.shape[-2] % 32 == 0 and images.tensor.shape[-1] % 32 == 0
+    assert images.image_sizes == sizes
+    with torch.no_grad():
+        outputs = model(inputs)
+    for out, (h, w) in zip(outputs, sizes):
+        assert out["instances"].image_size == (h, w)
+        assert out["instances"].pred_masks.shape[-2:] == (h, w)
+
+
+def test_size_divisibility_follows_folds():
+    """Folds must divide their stage's map: the padding grows with them (here stage 1 folds 8 -> 64)."""
+    cfg = make_cfg("toy_mask_rcnn_fec_s.yaml", "MODEL.FEC.FOLDS", [2, 8, 1, 1])
+    model = build_model(cfg).eval()
+    assert model.backbone.size_divisibility == model.backbone.bottom_up.size_divisibility == 64
+    inputs = [{"image": torch.randint(0, 255, (3, 70, 90), dtype=torch.uint8)}]
+    assert tuple(model.preprocess_image(inputs).tensor.shape[-2:]) == (128, 128)
+    with torch.no_grad():
+        model(inputs)

@@ -1,0 +1,32 @@
+"""FEC for segmentation-models-pytorch: encoders ``fec_s``/``fec_b``/``fec_l`` and ADE20K training.
+
+``import seg_plugin`` registers the encoders in ``smp.encoders.encoders`` (and, through
+``fec_backbone``, the timm models behind smp's ``tu-fec_small`` route)::
+
+    import segmentation_models_pytorch as smp
+    import seg_plugin
+
+    model = smp.Unet(encoder_name="fec_s", encoder_weights=None, classes=150)
+"""
+from __future__ import annotations
+
+import fec_backbone  # noqa: F401  (registers fec_small/base/large with timm for smp's tu- route)
+
+from .encoder import DilatedClusterPool, FecEncoder
+from .registry import encoder_params, fec_encoders, register_encoder, register_encoders
+from .hub import ENCODER_VARIANTS, WeightsNotInstalledError, install, installed_path
+
+register_encoders()
+
+__all__ = [
+    "DilatedClusterPool",
+    "ENCODER_VARIANTS",
+    "FecEncoder",
+    "WeightsNotInstalledError",
+    "encoder_params",
+    "fec_encoders",
+    "install",
+    "installed_path",
+    "register_encoder",
+    "register_encoders",
+]

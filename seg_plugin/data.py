@@ -1,0 +1,304 @@
+"""ADE20K (ADEChallengeData2016 layout) for training and evaluation, with the reference's augmentation.
+
+Layout: ``<root>/images/<split>/*.jpg`` with ``<root>/annotations/<split>/<same name>.png``. Raw label 0
+is "unlabelled" and ignored, labels ``1..num_classes`` become train ids ``0..num_classes-1`` (the
+reference's ``reduce_zero_label``), 255 stays ignored. Problems with the data raise
+:class:`SegDataError` naming the file and what is wrong: a missing annotation, an annotation of
+another size than its image, label values above the class count that are not the ignore value,
+unreadable files.
+
+Training samples follow the reference pipeline: random rescale of ``scale`` (long, short side) by a
+ratio in ``ratio_range`` keeping the aspect ratio, random crop (at most ``cat_max_ratio`` of one class,
+10 tries), horizontal flip, photometric distortion, normalisation, padding to the crop (image 0, label
+255). Evaluation rescales to ``scale`` (short side 512 for ADE20K) and aligns to ``size_divisor``; the
+metric is taken at the annotation's original size.
+
+Augmentation randomness is a function of ``(seed, rank, position in the rank's sample stream)``, so
+any data-loader worker layout and a resumed run produce the same samples.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+__all__ = [
+    "IGNORE_INDEX",
+    "AugmentConfig",
+    "SegDataError",
+    "ADE20KDataset",
+    "ADE20KEvalDataset",
+    "TrainStream",
+    "read_pair",
+    "scan_split",
+    "class_names",
+]
+
+IGNORE_INDEX = 255
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class SegDataError(ValueError):
+    """A dataset file that is missing, unreadable or inconsistent; the message names the file."""
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The reference's ADE20K pipeline settings (mmseg ``ade20k.py``), sizes in pixels."""
+
+    scale: Tuple[int, int] = (2048, 512)
+    ratio_range: Tuple[float, float] = (0.5, 2.0)
+    crop_size: int = 512
+    cat_max_ratio: float = 0.75
+    flip_prob: float = 0.5
+    photometric: bool = True
+    mean: Tuple[float, float, float] = (123.675, 116.28, 103.53)
+    std: Tuple[float, float, float] = (58.395, 57.12, 57.375)
+    eval_scale: Tuple[int, int] = (2048, 512)
+    size_divisor: int = 32
+
+
+def scan_split(root: str | Path, split: str) -> List[Tuple[Path, Path]]:
+    """(image, annotation) pairs of a split, sorted by name; every image must have its annotation."""
+    root = Path(root)
+    image_dir, ann_dir = root / "images" / split, root / "annotations" / split
+    for folder in (image_dir, ann_dir):
+        if not folder.is_dir():
+            raise SegDataError(
+                f"{folder} does not exist: expected the ADEChallengeData2016 layout "
+                f"<root>/images/{split}/*.jpg and <root>/annotations/{split}/*.png under root {root}"
+            )
+    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise SegDataError(f"{image_dir} contains no images ({', '.join(IMAGE_SUFFIXES)})")
+    pairs = [(image, ann_dir / (image.stem + ".png")) for image in images]
+    missing = [ann for _, ann in pairs if not ann.is_file()]
+    if missing:
+        shown = ", ".join(str(m) for m in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise SegDataError(f"annotation file missing for {len(missing)} image(s) of {image_dir}: {shown}{more}")
+    return pairs
+
+
+def class_names(root: str | Path, num_classes: int) -> List[str]:
+    """Class names from ADE20K's ``objectInfo150.txt`` (or a ``class_names.txt``, one per line),
+    else ``class_<i>``."""
+    root = Path(root)
+    info, plain = root / "objectInfo150.txt", root / "class_names.txt"
+    names: List[str] = []
+    if info.is_file():
+        lines = info.read_text(encoding="utf-8").splitlines()[1:]
+        names = [line.split("\t")[-1].split(";")[0].strip() for line in lines if line.strip()]
+    elif plain.is_file():
+        names = [line.strip() for line in plain.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(names) != num_classes:
+        names = [f"class_{i}" for i in range(num_classes)]
+    return names
+
+
+def read_pair(image_path: Path, ann_path: Path, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Image ``[H, W, 3]`` uint8 and train-id labels ``[H, W]`` uint8 (255 ignored), validated."""
+    try:
+        with Image.open(image_path) as img:
+            image = np.asarray(img.convert("RGB"))
+    except (OSError, ValueError) as err:
+        raise SegDataError(f"cannot read image {image_path}: {err}") from err
+    try:
+        with Image.open(ann_path) as ann:
+            if ann.mode not in ("L", "P", "I;16", "I"):
+                raise SegDataError(
+                    f"annotation {ann_path} has image mode {ann.mode!r}; expected a single-channel label map "
+                    "(8-bit grayscale or palette PNG holding class indices)"
+                )
+            raw = np.asarray(ann)
+    except SegDataError:
+        raise
+    except (OSError, ValueError) as err:
+        raise SegDataError(f"cannot read annotation {ann_path}: {err}") from err
+    if raw.shape != image.shape[:2]:
+        raise SegDataError(
+            f"annotation {ann_path} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image {image_path} is "
+            f"{image.shape[1]}x{image.shape[0]}: they must have the same size"
+        )
+    bad = (raw > num_classes) & (raw != IGNORE_INDEX)
+    if bad.any():
+        values = np.unique(raw[bad])
+        raise SegDataError(
+            f"annotation {ann_path} has label values {values[:10].tolist()} above the class count "
+            f"({num_classes}; 0 and {IGNORE_INDEX} are ignored) in {int(bad.sum())} pixel(s)"
+        )
+    labels = raw.astype(np.int32) - 1
+    labels[(raw == 0) | (raw == IGNORE_INDEX)] = IGNORE_INDEX
+    return image, labels.astype(np.uint8)
+
+
+def _resize(image: np.ndarray, labels: Optional[np.ndarray], size: Tuple[int, int]):
+    """Resize to ``size`` = (width, height): bilinear image, nearest labels."""
+    out = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    if labels is None:
+        return out, None
+    return out, np.asarray(Image.fromarray(labels).resize(size, Image.NEAREST))
+
+
+def rescale_size(height: int, width: int, scale: Tuple[float, float]) -> Tuple[int, int]:
+    """mmcv's keep-ratio rescale: the largest size with long side <= scale[0] and short side <= scale[1]."""
+    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
+    return int(width * factor + 0.5), int(height * factor + 0.5)
+
+
+def _crop_box(
+    labels: np.ndarray, crop: int, rng: np.random.Generator, cat_max_ratio: float
+) -> Tuple[int, int, int, int]:
+    h, w = labels.shape
+
+    def draw() -> Tuple[int, int, int, int]:
+        top = int(rng.integers(0, max(h - crop, 0) + 1))
+        left = int(rng.integers(0, max(w - crop, 0) + 1))
+        return top, min(top + crop, h), left, min(left + crop, w)
+
+    box = draw()
+    if cat_max_ratio < 1.0:
+        for _ in range(10):
+            patch = labels[box[0] : box[1], box[2] : box[3]]
+            counts = np.bincount(patch[patch != IGNORE_INDEX].ravel())
+            counts = counts[counts > 0]
+            if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
+                break
+            box = draw()
+    return box
+
+
+def _photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """mmseg's PhotoMetricDistortion: brightness, contrast (before or after), saturation, hue."""
+    from torchvision.transforms.v2 import functional as TF
+
+    img = image.astype(np.float32)
+    if rng.integers(2):
+        img = np.clip(img + rng.uniform(-32, 32), 0, 255)
+    contrast_first = bool(rng.integers(2))
+
+    def contrast(x: np.ndarray) -> np.ndarray:
+        return np.clip(x * rng.uniform(0.5, 1.5), 0, 255) if rng.integers(2) else x
+
+    if contrast_first:
+        img = contrast(img)
+    do_saturation, saturation = bool(rng.integers(2)), float(rng.uniform(0.5, 1.5))
+    do_hue, hue = bool(rng.integers(2)), float(rng.integers(-18, 19)) / 180.0
+    if do_saturation or do_hue:
+        tensor = torch.from_numpy(np.ascontiguousarray(img.round().astype(np.uint8))).permute(2, 0, 1)
+        if do_saturation:
+            tensor = TF.adjust_saturation(tensor, saturation)
+        if do_hue:
+            tensor = TF.adjust_hue(tensor, hue)
+        img = tensor.permute(1, 2, 0).numpy().astype(np.float32)
+    if not contrast_first:
+        img = contrast(img)
+    return img
+
+
+def _normalize(image: np.ndarray, cfg: AugmentConfig) -> torch.Tensor:
+    img = (image.astype(np.float32) - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+
+
+class ADE20KDataset(Dataset):
+    """Training split with the reference augmentation; items are ``(index, stream position)`` pairs
+    from :class:`TrainStream`, returning ``(image [3, crop, crop] float, labels [crop, crop] int64)``."""
+
+    def __init__(
+        self, root: str | Path, split: str, num_classes: int, cfg: AugmentConfig, seed: int = 0, rank: int = 0
+    ):
+        self.pairs = scan_split(root, split)
+        self.num_classes = num_classes
+        self.cfg = cfg
+        self.seed = seed
+        self.rank = rank
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, item: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        index, position = item
+        cfg = self.cfg
+        rng = np.random.default_rng([self.seed, self.rank, position])
+        image, labels = read_pair(*self.pairs[index], self.num_classes)
+        ratio = rng.uniform(*cfg.ratio_range)
+        size = rescale_size(*labels.shape, (cfg.scale[0] * ratio, cfg.scale[1] * ratio))
+        image, labels = _resize(image, labels, size)
+        top, bottom, left, right = _crop_box(labels, cfg.crop_size, rng, cfg.cat_max_ratio)
+        image, labels = image[top:bottom, left:right], labels[top:bottom, left:right]
+        if rng.random() < cfg.flip_prob:
+            image, labels = image[:, ::-1], labels[:, ::-1]
+        if cfg.photometric:
+            image = _photometric(image, rng)
+        tensor = torch.zeros(3, cfg.crop_size, cfg.crop_size)
+        target = torch.full((cfg.crop_size, cfg.crop_size), IGNORE_INDEX, dtype=torch.int64)
+        h, w = labels.shape
+        tensor[:, :h, :w] = _normalize(image, cfg)
+        target[:h, :w] = torch.from_numpy(labels.astype(np.int64))
+        return tensor, target
+
+
+class ADE20KEvalDataset(Dataset):
+    """Evaluation split: ``(image [3, h, w] at the evaluation scale aligned to size_divisor,
+    labels [H, W] int64 at the original size)``."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        num_classes: int,
+        cfg: AugmentConfig,
+        indices: Optional[Sequence[int]] = None,
+    ):
+        self.pairs = scan_split(root, split)
+        self.num_classes = num_classes
+        self.cfg = cfg
+        self.indices = list(range(len(self.pairs))) if indices is None else list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        image, labels = read_pair(*self.pairs[self.indices[i]], self.num_classes)
+        width, height = rescale_size(*labels.shape, self.cfg.eval_scale)
+        div = self.cfg.size_divisor
+        size = (math.ceil(width / div) * div, math.ceil(height / div) * div)
+        image, _ = _resize(image, None, size)
+        return _normalize(image, self.cfg), torch.from_numpy(labels.astype(np.int64))
+
+
+class TrainStream(Sampler):
+    """An endless, resumable stream of ``(dataset index, position)`` for one rank.
+
+    Epoch ``e`` is a permutation of the dataset drawn from ``seed + e`` (padded by wrapping to a
+    multiple of ``world``) and split across ranks as ``DistributedSampler`` does; ``start`` is the
+    position in this rank's stream to begin at (samples already consumed).
+    """
+
+    def __init__(self, size: int, rank: int = 0, world: int = 1, seed: int = 0, start: int = 0):
+        self.size, self.rank, self.world, self.seed, self.start = size, rank, world, seed, start
+        self.per_rank = math.ceil(size / world)
+
+    def _epoch(self, epoch: int) -> List[int]:
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        perm = torch.randperm(self.size, generator=generator).tolist()
+        total = self.per_rank * self.world
+        perm = (perm * math.ceil(total / self.size))[:total]
+        return perm[self.rank : total : self.world]
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        position = self.start
+        epoch, offset = divmod(position, self.per_rank)
+        while True:
+            order = self._epoch(epoch)
+            for index in order[offset:]:
+                yield index, position
+                position += 1
+            epoch, offset = epoch + 1, 0

@@ -1,0 +1,206 @@
+"""FEC as a segmentation-models-pytorch encoder (``fec_s``, ``fec_b``, ``fec_l``).
+
+:class:`FecEncoder` is :class:`fec_backbone.FEC` with smp's :class:`EncoderMixin`: it keeps the core's
+modules and state-dict keys and only adapts the output to smp's encoder contract, the way smp's own
+``mix_transformer.py`` adapts SegFormer's MiT:
+
+* ``forward`` returns ``depth + 1`` maps ``[x, <0-channel stride-2 placeholder>, /4, /8, /16, /32]``
+  (FEC starts at stride 4, like MiT);
+* every stage output passes its own GroupNorm (``out_norms``), as in the reference's dense-prediction
+  backbone (``fork_feat=True``: norms created fresh, not taken from ImageNet weights);
+* stages beyond ``depth`` are dropped, so (for depth >= 2) every parameter takes part in the forward pass (DDP needs no
+  ``find_unused_parameters``);
+* ``set_in_channels`` rebuilds the stem for ``in_channels + 2`` inputs (image plus coordinates);
+* ``make_dilated`` keeps the resolution of the deeper stages for ``output_stride`` 8 or 16 (see
+  :class:`DilatedClusterPool`).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from segmentation_models_pytorch.encoders._base import EncoderMixin
+from timm.models import adapt_input_conv
+
+from fec_backbone.cluster_ops import cluster_pool
+from fec_backbone.fec import FEC, ClusterPool, GroupNorm1, check_input, fold, unfold
+
+__all__ = ["FecEncoder", "DilatedClusterPool"]
+
+
+class DilatedClusterPool(nn.Module):
+    """A :class:`~fec_backbone.fec.ClusterPool` that keeps the resolution of its input (dilated mode).
+
+    FEC's pool clusters the pixels of a map around centres on a grid ``rate`` times coarser and outputs
+    that grid. Here the same centres are proposed (the grid is ``H/rate x W/rate``, exactly the
+    centres the pool would use at ``output_stride=32``), every pixel votes into its most similar centre
+    and the centres average their voters as before; then each pixel *receives the value of the centre
+    it voted for* instead of the map shrinking to the grid. The skip convolution runs with stride 1 and
+    the dilation that keeps its taps as far apart in the image as in the strided original
+    (``rate // 2``), as torchvision's dilated ResNets treat the first strided conv of a stage.
+    ``[B, C, H, W]`` -> ``[B, D, H, W]``.
+
+    It takes over the pool's modules, so weights and state-dict keys stay those of the pool and
+    ImageNet weights apply as they are; blocks after a dilated pool cluster with the same number of
+    proposals on the denser map. Not a :class:`ClusterPool`: ``fec_backbone.record_clusters`` records
+    the blocks and the strided pools of a dilated encoder, not its dilated pools.
+    """
+
+    def __init__(self, pool: ClusterPool, rate: int):
+        super().__init__()
+        if rate not in (2, 4):
+            raise ValueError(f"a clustering pool can be dilated by 2 or 4, got {rate}")
+        self.rate = rate
+        self.folds = pool.folds
+        self.norm2 = pool.norm2
+        self.conv_f = pool.conv_f
+        self.conv_v = pool.conv_v
+        self.conv_skip = pool.conv_skip
+        gap = rate // 2
+        self.conv_skip.stride = (1, 1)
+        self.conv_skip.dilation = (gap, gap)
+        self.conv_skip.padding = (gap, gap)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.conv_skip(x)
+        values = fold(self.conv_v(x), self.folds)
+        feats = fold(self.conv_f(x.detach()), self.folds)
+        g, d, h, w = values.shape
+        grid = (h // self.rate, w // self.rate)
+        centers = F.adaptive_avg_pool2d(feats, grid).flatten(2)
+        center_values = F.adaptive_avg_pool2d(values, grid).flatten(2)
+        pooled, index = cluster_pool(feats.flatten(2), centers, values.flatten(2), center_values)
+        out = pooled.gather(2, index.unsqueeze(1).expand(g, d, h * w))
+        out = unfold(out.reshape(g, d, h, w), self.folds)
+        return skip + self.norm2(out)
+
+
+class FecEncoder(FEC, EncoderMixin):
+    """FEC backbone following smp 0.6's encoder contract.
+
+    Args:
+        out_channels: ``[in_channels, 0, C1, C2, C3, C4]`` as smp expects for a stride-4-first encoder.
+        depth: number of smp feature levels, 1 to 5 (level ``k`` has stride ``2**k``; level 1 is the
+            0-channel placeholder).
+        output_stride: 32, or 8/16 through :meth:`make_dilated` (smp calls it after construction).
+        preset, proposals, folds: FEC's clustering layout (:data:`fec_backbone.PRESETS`); the
+            segmentation preset (proposals 10, 10, 5, 5) is the registry default.
+        **kwargs: further :class:`fec_backbone.FEC` arguments (``layers``, ``embed_dims``, ...,
+            ``drop_path_rate``).
+    """
+
+    _is_torch_scriptable = False  # FEC's clustering op and the core model are not TorchScript code
+    _is_torch_exportable = True
+    _is_torch_compilable = True
+
+    def __init__(
+        self,
+        out_channels: Sequence[int],
+        depth: int = 5,
+        output_stride: int = 32,
+        preset: str = "segmentation",
+        **kwargs: Any,
+    ):
+        if depth > 5 or depth < 1:
+            raise ValueError(f"{self.__class__.__name__} depth should be in range [1, 5], got {depth}")
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"{self.__class__.__name__} output_stride should be 8, 16 or 32, got {output_stride}")
+        for key in ("num_classes", "global_pool", "in_chans", "output_stride"):
+            if key in kwargs:
+                raise ValueError(f"{self.__class__.__name__} sets `{key}` itself; do not pass it in the encoder params")
+        super().__init__(preset=preset, num_classes=0, global_pool="", in_chans=3, **kwargs)
+        widths = [3, 0] + list(self.embed_dims)
+        if list(out_channels) != widths:
+            raise ValueError(f"out_channels {list(out_channels)} do not match the FEC widths: expected {widths}")
+        stages = max(depth - 1, 1)
+        self.prune_intermediate_layers(list(range(stages)), prune_norm=True, prune_head=True)
+        self.out_norms = nn.ModuleList([GroupNorm1(c) for c in self.embed_dims[:stages]])
+        self.reduction = 2 ** max(depth, 2)
+        self._depth = depth
+        self._in_channels = 3
+        self._out_channels = list(out_channels)
+        self._output_stride = 32
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise RuntimeError(
+            "FecEncoder cannot be compiled with torch.jit.script: FEC is not TorchScript code. "
+            "Use torch.compile or torch.export (both supported) instead"
+        )
+
+    def set_in_channels(self, in_channels: int, pretrained: bool = True) -> None:
+        """Rebuild the stem for ``in_channels`` image channels (plus the two coordinate channels).
+
+        With ``pretrained`` the image part of the stem weights is adapted as timm adapts a first conv
+        (1 channel: summed; more than 3: repeated and rescaled) and the coordinate part is kept;
+        otherwise the stem is freshly initialised.
+        """
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+        if in_channels == self._in_channels:
+            return
+        old = self.stem.proj
+        new = nn.Conv2d(
+            in_channels + 2,
+            old.out_channels,
+            kernel_size=old.kernel_size,
+            stride=old.stride,
+            device=old.weight.device,
+            dtype=old.weight.dtype,
+        )
+        if pretrained:
+            with torch.no_grad():
+                image = adapt_input_conv(in_channels, old.weight[:, :-2], base_chans=self._in_channels)
+                new.weight.copy_(torch.cat((image, old.weight[:, -2:]), dim=1))
+                new.bias.copy_(old.bias)
+        self.stem.proj = new
+        self.stem.in_chans = in_channels
+        self.in_chans = in_channels
+        self._in_channels = in_channels
+        self._out_channels = [in_channels] + self._out_channels[1:]
+
+    def get_stages(self) -> Dict[int, Sequence[nn.Module]]:
+        """Stages by output stride (stride-4 stage excluded: smp dilates only 16 and 32)."""
+        return {4 * 2**i: [stage] for i, stage in enumerate(self.stages) if i > 0}
+
+    def make_dilated(self, output_stride: int) -> None:
+        """Keep the stages deeper than ``output_stride`` (8 or 16) at that stride, with
+        :class:`DilatedClusterPool` in place of their clustering pools."""
+        if output_stride not in (8, 16):
+            raise ValueError(f"Output stride should be 16 or 8, got {output_stride}.")
+        if self._output_stride != 32:
+            raise ValueError(f"the encoder is already dilated to output stride {self._output_stride}")
+        for stride, (stage,) in self.get_stages().items():
+            if stride > output_stride:
+                stage.downsample = DilatedClusterPool(stage.downsample, stride // output_stride)
+        self._output_stride = output_stride
+
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        """Load encoder weights, dropping what an encoder does not hold: the classifier (``head.*``), the
+        classification norm (``norm.*``) and stages/output norms beyond ``depth``."""
+        kept = len(self.stages)
+
+        def needed(key: str) -> bool:
+            if key.startswith(("head.", "norm.")):
+                return False
+            parts = key.split(".")
+            if parts[0] in ("stages", "out_norms") and parts[1].isdigit():
+                return int(parts[1]) < kept
+            return True
+
+        return super().load_state_dict({k: v for k, v in state_dict.items() if needed(k)}, strict=strict, assign=assign)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """``[B, in_channels, H, W]`` -> ``depth + 1`` maps; H and W must be divisible by ``2**depth``
+        (32 at the default depth), otherwise ``ValueError`` says how to pad."""
+        b, _, h, w = x.shape
+        features = [x, torch.empty([b, 0, h // 2, w // 2], dtype=x.dtype, device=x.device)]
+        if self._depth < 2:
+            return features
+        check_input(x, self.in_chans, self.reduction)
+        x = self.stem(x)
+        for stage, norm in zip(self.stages, self.out_norms):
+            x = stage(x)
+            features.append(norm(x))
+        return features

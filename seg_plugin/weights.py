@@ -1,0 +1,52 @@
+"""Command that installs FEC ImageNet weights for smp's ``encoder_weights="imagenet"`` (see :mod:`seg_plugin.hub`).
+
+    python -m seg_plugin.weights install --checkpoint fec_small.pth            # encoder detected
+    python -m seg_plugin.weights install --checkpoint fec_small.pth --encoder fec_s --cache-dir DIR
+    python -m seg_plugin.weights status
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional
+
+from fec_backbone.checkpoint import CheckpointError
+
+from .hub import CONFIG_FILE, ENCODER_VARIANTS, install, installed_path
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m seg_plugin.weights", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_install = sub.add_parser(
+        "install", help="convert an official FEC checkpoint for smp's encoder_weights='imagenet'"
+    )
+    p_install.add_argument(
+        "--checkpoint", required=True, help="official FEC ImageNet checkpoint (.pth/.pth.tar/.safetensors)"
+    )
+    p_install.add_argument("--encoder", choices=sorted(ENCODER_VARIANTS), help="smp encoder name (default: detected)")
+    p_install.add_argument("--cache-dir", help="Hugging Face hub cache (default: huggingface_hub's, HF_HUB_CACHE)")
+    p_status = sub.add_parser("status", help="show which FEC encoders have ImageNet weights installed")
+    p_status.add_argument("--cache-dir", help="Hugging Face hub cache (default: huggingface_hub's, HF_HUB_CACHE)")
+    args = parser.parse_args(argv)
+    if args.command == "install":
+        try:
+            path = install(args.checkpoint, args.encoder, args.cache_dir)
+        except (CheckpointError, KeyError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        encoder = json.loads((path.parent / CONFIG_FILE).read_text())["encoder"]
+        print(f"installed {encoder} ImageNet weights: {path}")
+        print(f"smp.Unet(encoder_name={encoder!r}) now loads them (encoder_weights='imagenet'), offline too.")
+        if args.cache_dir:
+            print(f"(a custom cache: set HF_HUB_CACHE={args.cache_dir} for smp to look there)")
+        return 0
+    for encoder, variant in ENCODER_VARIANTS.items():
+        path = installed_path(encoder, args.cache_dir)
+        print(f"{encoder} ({variant}): {path if path else 'not installed'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""ADE20K-layout data: the generated toy set, label handling, the reference augmentation, the resumable
+sample stream, and errors that name the file and the problem for bad input."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from seg_plugin.data import (
+    IGNORE_INDEX,
+    ADE20KDataset,
+    ADE20KEvalDataset,
+    AugmentConfig,
+    SegDataError,
+    TrainStream,
+    class_names,
+    read_pair,
+    rescale_size,
+    scan_split,
+)
+from seg_plugin.toy_data import TOY_CLASSES, generate
+from seg_plugin.train_ade20k import ConfigError, load_config
+
+TOY_AUG = AugmentConfig(scale=(256, 64), crop_size=64, eval_scale=(256, 64))
+
+
+def digest(root) -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(root)).encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("toy") / "toy_ade20k", train=8, val=4)
+
+
+def test_toy_data_is_deterministic_and_in_ade20k_layout(toy, tmp_path):
+    again = generate(tmp_path / "again", train=8, val=4)
+    assert digest(again) == digest(toy)
+    assert generate(toy, train=8, val=4) == toy  # already there: kept
+    with pytest.raises(FileExistsError, match="other settings"):
+        generate(toy, train=9, val=4)
+    pairs = scan_split(toy, "training")
+    assert len(pairs) == 8 and all(i.suffix == ".jpg" and a.suffix == ".png" for i, a in pairs)
+    assert len(scan_split(toy, "validation")) == 4
+    raw = np.concatenate([np.asarray(Image.open(a)).ravel() for _, a in pairs])
+    assert set(np.unique(raw)) == {0, 1, 2, 3, 4}  # 0: unlabelled boundaries
+    assert class_names(toy, 4) == list(TOY_CLASSES)
+    assert class_names(toy, 150) == [f"class_{i}" for i in range(150)]
+
+
+def test_labels_reduce_zero_and_keep_ignore(tmp_path):
+    root = tmp_path / "ade"
+    write_pair(root, "a", np.array([[0, 1, 2], [150, 255, 3]], np.uint8))
+    image, labels = read_pair(*scan_split(root, "training")[0], num_classes=150)
+    assert image.shape == (2, 3, 3)
+    assert labels.tolist() == [[IGNORE_INDEX, 0, 1], [149, IGNORE_INDEX, 2]]
+
+
+def write_pair(root, name, labels, image_size=None, split="training", mode="L"):
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
+    h, w = image_size or labels.shape
+    Image.fromarray(np.full((h, w, 3), 100, np.uint8)).save(root / "images" / split / f"{name}.jpg")
+    ann = Image.fromarray(labels) if mode == "L" else Image.fromarray(np.stack([labels] * 3, -1))
+    ann.save(root / "annotations" / split / f"{name}.png")
+
+
+def test_size_mismatch_names_both_files(tmp_path):
+    write_pair(tmp_path, "bad", np.ones((4, 6), np.uint8), image_size=(4, 5))
+    with pytest.raises(SegDataError, match=r"annotation .*bad\.png is 6x4 \(WxH\) but its image .*bad\.jpg is 5x4"):
+        read_pair(*scan_split(tmp_path, "training")[0], num_classes=150)
+
+
+def test_label_above_class_count_names_file_and_values(tmp_path):
+    labels = np.ones((4, 4), np.uint8)
+    labels[0, :2] = (151, 200)
+    labels[1, 0] = 255  # the ignore value is fine
+    write_pair(tmp_path, "high", labels)
+    message = r"high\.png has label values \[151, 200\] above the class count \(150; 0 and 255 are ignored\) in 2 pixel"
+    with pytest.raises(SegDataError, match=message):
+        read_pair(*scan_split(tmp_path, "training")[0], num_classes=150)
+    write_pair(tmp_path, "high", np.full((4, 4), 5, np.uint8))
+    with pytest.raises(SegDataError, match=r"label values \[5\] above the class count \(4;"):
+        read_pair(*scan_split(tmp_path, "training")[0], num_classes=4)
+
+
+def test_missing_annotation_names_the_file(tmp_path):
+    write_pair(tmp_path, "a", np.ones((4, 4), np.uint8))
+    write_pair(tmp_path, "b", np.ones((4, 4), np.uint8))
+    (tmp_path / "annotations" / "training" / "b.png").unlink()
+    message = r"annotation file missing for 1 image\(s\) of .*images/training: .*annotations/training/b\.png"
+    with pytest.raises(SegDataError, match=message):
+        scan_split(tmp_path, "training")
+    with pytest.raises(SegDataError, match=r"missing for 1 image"):
+        ADE20KDataset(tmp_path, "training", 150, TOY_AUG)
+
+
+def test_other_bad_input_is_explained(tmp_path):
+    with pytest.raises(SegDataError, match=r"images/validation does not exist: expected the ADEChallengeData2016"):
+        scan_split(tmp_path, "validation")
+    write_pair(tmp_path, "rgb", np.ones((4, 4), np.uint8), mode="RGB")
+    with pytest.raises(SegDataError, match=r"rgb\.png has image mode 'RGB'; expected a single-channel label map"):
+        read_pair(*scan_split(tmp_path, "training")[0], num_classes=150)
+    (tmp_path / "annotations" / "training" / "rgb.png").write_bytes(b"garbage")
+    with pytest.raises(SegDataError, match=r"cannot read annotation .*rgb\.png"):
+        read_pair(*scan_split(tmp_path, "training")[0], num_classes=150)
+    (tmp_path / "images" / "training" / "rgb.jpg").write_bytes(b"garbage")
+    with pytest.raises(SegDataError, match=r"cannot read image .*rgb\.jpg"):
+        read_pair(*scan_split(tmp_path, "training")[0], num_classes=150)
+    empty = tmp_path / "empty"
+    (empty / "images" / "training").mkdir(parents=True)
+    (empty / "annotations" / "training").mkdir(parents=True)
+    with pytest.raises(SegDataError, match="contains no images"):
+        scan_split(empty, "training")
+
+
+def test_bad_file_in_a_loader_names_the_file(tmp_path):
+    write_pair(tmp_path, "ok", np.ones((40, 40), np.uint8))
+    write_pair(tmp_path, "worse", np.full((40, 40), 9, np.uint8))
+    data = ADE20KDataset(tmp_path, "training", 4, TOY_AUG)
+    loader = torch.utils.data.DataLoader(data, batch_size=2, sampler=TrainStream(len(data)), num_workers=1)
+    with pytest.raises(SegDataError, match=r"worse\.png has label values \[9\]"):
+        next(iter(loader))
+
+
+def test_train_sample_follows_the_reference_pipeline(toy):
+    data = ADE20KDataset(toy, "training", 4, TOY_AUG, seed=3)
+    image, labels = data[(0, 0)]
+    assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+    assert labels.shape == (64, 64) and labels.dtype == torch.int64
+    assert set(labels.unique().tolist()) <= {0, 1, 2, 3, IGNORE_INDEX}
+    again = ADE20KDataset(toy, "training", 4, TOY_AUG, seed=3)[(0, 0)]
+    assert torch.equal(image, again[0]) and torch.equal(labels, again[1])  # a function of (seed, rank, position)
+    other = data[(0, 1)]
+    assert not torch.equal(image, other[0])
+    tiny = AugmentConfig(scale=(64, 16), ratio_range=(1.0, 1.0), crop_size=64)
+    small = ADE20KDataset(toy, "training", 4, tiny, seed=3)
+    image, labels = small[(0, 0)]  # rescaled below the crop: padded (image 0, label ignored)
+    assert (labels[-1] == IGNORE_INDEX).all() and (image[:, -1] == 0).all()
+
+
+def test_eval_sample_keeps_original_labels(toy):
+    data = ADE20KEvalDataset(toy, "validation", 4, TOY_AUG)
+    image, labels = data[0]
+    _, raw = read_pair(*data.pairs[0], 4)
+    assert labels.shape == raw.shape and torch.equal(labels, torch.from_numpy(raw.astype(np.int64)))
+    assert image.shape[1] % 32 == 0 and image.shape[2] % 32 == 0
+    assert min(image.shape[1:]) == 64 or max(image.shape[1:]) <= 256 + 31
+    assert rescale_size(512, 683, (2048, 512)) == (683, 512)
+    assert rescale_size(300, 4000, (2048, 512)) == (2048, 154)
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_train_stream_resumes_at_any_position(world):
+    def take(stream, n):
+        it = iter(stream)
+        return [next(it) for _ in range(n)]
+
+    for rank in range(world):
+        full = take(TrainStream(10, rank, world, seed=1), 25)
+        assert [p for _, p in full] == list(range(25))
+        assert take(TrainStream(10, rank, world, seed=1, start=7), 18) == full[7:]
+    epoch = [take(TrainStream(10, r, world, seed=1), 4 if world == 3 else 10) for r in range(world)]
+    assert {i for part in epoch for i, _ in part} == set(range(10))  # each epoch covers the dataset
+
+
+def test_config_errors_name_the_setting(tmp_path):
+    cfg = load_config("configs/segmentation/fpn_fec_s_ade20k_80k.yaml")
+    assert cfg["model"]["arch"] == "fpn" and cfg["optim"]["lr"] == 1e-4 and cfg["train"]["iterations"] == 80000
+    assert cfg["train"]["batch_size"] == 16 and cfg["data"]["crop_size"] == 512 and cfg["optim"]["poly_power"] == 0.9
+    with pytest.raises(ConfigError, match="unknown setting 'train.iters'"):
+        load_config(None, {"train.iters": 3})
+    with pytest.raises(ConfigError, match=r"model.arch_kwargs \['decoder_dropout'\] are not arguments of smp.Unet"):
+        load_config("configs/segmentation/fpn_fec_s_ade20k_80k.yaml", {"model.arch": "unet"})
+    with pytest.raises(ConfigError, match="not an smp architecture"):
+        load_config(None, {"model.arch": "segnet"})
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="train.batch_size must be a positive integer"):
+        load_config(None, {"train.batch_size": 0})

@@ -1,0 +1,178 @@
+"""FEC ImageNet weights through smp's standard mechanism: ``smp.Unet("fec_s")`` with its default
+``encoder_weights="imagenet"`` loads the official checkpoint installed by ``seg_plugin.weights``, offline,
+in a throwaway Hugging Face cache; without it the error says what to do."""
+from __future__ import annotations
+
+import json
+
+import huggingface_hub.constants
+import pytest
+import segmentation_models_pytorch as smp
+import torch
+
+import seg_plugin
+from fec_backbone.checkpoint import CheckpointError
+from fec_backbone.fec import _official_key
+from reference_fec import reference_model
+from seg_plugin import hub
+from seg_plugin.weights import main as weights_cli
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small models on a shared CPU run fastest and steadiest on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def hf_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, offline (HF_HUB_OFFLINE=1): nothing may come from the network."""
+    cache = tmp_path / "hf_cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+@pytest.fixture(scope="module")
+def official(tmp_path_factory):
+    """A fake official FEC-S ImageNet checkpoint (official key layout, as the authors publish it)."""
+    torch.manual_seed(5)
+    ref = reference_model("fec_small")
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    state = ref.state_dict()
+    path = tmp_path_factory.mktemp("official") / "fec_small.pth"
+    torch.save({"model": state, "epoch": 299}, path)
+    return path, state
+
+
+def assert_encoder_holds(encoder: torch.nn.Module, state: dict, skip_stem: bool = False) -> None:
+    ours = encoder.state_dict()
+    compared = 0
+    for key, value in state.items():
+        ours_key = _official_key(key)
+        if key.startswith(("head.", "norm.")) or (skip_stem and ours_key == "stem.proj.weight"):
+            continue
+        assert torch.equal(ours[ours_key], value), key
+        compared += 1
+    assert compared == len([k for k in ours if not k.startswith("out_norms.")]) - (1 if skip_stem else 0)
+    for key, value in ours.items():
+        if key.startswith("out_norms."):  # fresh, as in the reference's segmentation backbone
+            fresh = torch.ones_like(value) if key.endswith("weight") else torch.zeros_like(value)
+            assert torch.equal(value, fresh), key
+
+
+def test_without_weights_the_error_says_what_to_do(hf_cache):
+    with pytest.raises(seg_plugin.WeightsNotInstalledError) as info:
+        smp.Unet("fec_s")
+    message = str(info.value)
+    assert "python -m seg_plugin.weights install --encoder fec_s --checkpoint" in message
+    assert "encoder_weights=None" in message and str(hf_cache) in message
+    assert smp.Unet("fec_s", encoder_weights=None).encoder.stem.proj.weight.shape == (32, 5, 4, 4)
+
+
+def test_install_then_smp_default_loads_the_weights_offline(hf_cache, official, capsys):
+    path, state = official
+    assert weights_cli(["install", "--checkpoint", str(path)]) == 0
+    assert "installed fec_s ImageNet weights" in capsys.readouterr().out
+    installed = hub.installed_path("fec_s")
+    assert installed is not None and installed.is_relative_to(hf_cache)
+    model = smp.Unet(encoder_name="fec_s")  # smp's default encoder_weights="imagenet"
+    assert_encoder_holds(model.encoder, state)
+    fpn = smp.FPN("fec_s", encoder_depth=5, classes=150)
+    assert_encoder_holds(fpn.encoder, state)
+    dilated = smp.DeepLabV3Plus("fec_s")
+    assert_encoder_holds(dilated.encoder, state)
+    assert smp.encoders.get_preprocessing_params("fec_s")["mean"] == [0.485, 0.456, 0.406]
+    config = json.loads((installed.parent / "config.json").read_text())
+    assert config["variant"] == "fec_small" and config["source_checkpoint"] == str(path)
+    assert weights_cli(["status"]) == 0
+    assert f"fec_s (fec_small): {installed}" in capsys.readouterr().out
+
+
+def test_trained_model_reloads_without_the_imagenet_weights(hf_cache, official, tmp_path, monkeypatch):
+    hub.install(official[0])
+    model = smp.FPN("fec_s", classes=3).eval()  # config records encoder_weights="imagenet"
+    model.save_pretrained(tmp_path / "trained")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(seg_plugin.WeightsNotInstalledError):
+        smp.from_pretrained(str(tmp_path / "trained"))
+    restored = smp.from_pretrained(str(tmp_path / "trained"), encoder_weights=None).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(restored(x), model(x))
+
+
+def test_weights_with_other_in_channels_and_shallower_depth(hf_cache, official):
+    path, state = official
+    hub.install(path, "fec_s")
+    one = smp.Unet("fec_s", in_channels=1, encoder_depth=3, decoder_channels=(64, 32, 16))
+    stem = state["patch_embed.proj.weight"]
+    assert torch.allclose(one.encoder.stem.proj.weight[:, :1], stem[:, :3].sum(1, keepdim=True))
+    assert torch.equal(one.encoder.stem.proj.weight[:, 1:], stem[:, 3:])
+    assert torch.equal(one.encoder.stages[1].blocks[0].mlp.fc1.weight, state["network.2.0.mlp.fc1.weight"])
+    assert len(one.encoder.stages) == 2
+
+
+def test_custom_encoder_params_share_the_weights(hf_cache, official):
+    path, state = official
+    hub.install(path, "fec_s")
+    name = seg_plugin.register_encoder("fec_s_test_weights", "fec_s", proposals=(7, 7, 7, 7))
+    try:
+        encoder = smp.Unet(name).encoder
+        assert_encoder_holds(encoder, state)
+        assert encoder.stages[0].blocks[0].token_mixer.proposals == (7, 7)
+    finally:
+        smp.encoders.encoders.pop(name)
+
+
+def test_other_variants_say_they_are_not_installed(hf_cache, official):
+    hub.install(official[0], "fec_s")
+    with pytest.raises(seg_plugin.WeightsNotInstalledError, match="encoder 'fec_b' are not installed"):
+        smp.FPN("fec_b")
+
+
+def test_wrong_variant_and_bad_files_are_explained(hf_cache, official, tmp_path, capsys):
+    path, _ = official
+    assert weights_cli(["install", "--checkpoint", str(path), "--encoder", "fec_b"]) == 2
+    err = capsys.readouterr().err
+    assert "is an fec_small checkpoint (smp encoder fec_s), not fec_base (fec_b)" in err
+    assert hub.installed_path("fec_b") is None
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a checkpoint")
+    assert weights_cli(["install", "--checkpoint", str(broken)]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
+    other = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, other)
+    with pytest.raises(CheckpointError, match="fits none of the FEC variants"):
+        hub.install(other)
+    assert weights_cli(["install", "--checkpoint", str(tmp_path / "missing.pth")]) == 2
+    assert "checkpoint file not found" in capsys.readouterr().err
+
+
+def test_reinstall_is_atomic_and_idempotent(hf_cache, official):
+    path, state = official
+    first = hub.install(path)
+    blob = first.resolve()
+    second = hub.install(path)
+    assert first == second and second.resolve() == blob
+    leftovers = [p for p in hf_cache.rglob("*") if p.name.endswith(".tmp")]
+    assert not leftovers
+
+
+def test_timm_universal_route_loads_an_official_checkpoint(official):
+    """``tu-fec_small`` takes the official file through timm's own mechanism (no cache involved)."""
+    path, state = official
+    model = smp.Unet("tu-fec_small", encoder_weights=True, pretrained_cfg_overlay=dict(file=str(path)))
+    ours = model.encoder.model.model.state_dict()
+    for key, value in state.items():
+        if not key.startswith(("head.", "norm.")):
+            assert torch.equal(ours[_official_key(key)], value), key
+    with pytest.raises(RuntimeError, match="No pretrained weights exist for fec_small"):
+        smp.Unet("tu-fec_small", encoder_weights=True)  # no file given: timm says so

@@ -47,18 +47,22 @@ def _op_case(impl: str, shape: Tuple[int, int, int, int, int], repeats: int, bac
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     g, c, h, w, m = shape
-    x = torch.randn(g, c, h, w, requires_grad=True)
-    v = torch.randn(g, c, h, w, requires_grad=True)
+    layout = (g, c, h, w) if impl == "reference" else (g, h, w, c)  # ours runs on channels-last maps
+    x = torch.randn(*layout, requires_grad=True)
+    v = torch.randn(*layout, requires_grad=True)
     alpha = torch.ones(1, requires_grad=True)
     beta = torch.zeros(1, requires_grad=True)
+
+    def centres(maps: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(maps.permute(0, 3, 1, 2), (m, m)).flatten(2).transpose(1, 2)
 
     def step() -> None:
         if impl == "reference":
             out = dense_cluster(x, v, (m, m), alpha, beta)
         else:
-            centres = F.adaptive_avg_pool2d(x, (m, m)).flatten(2)
-            vcentres = F.adaptive_avg_pool2d(v, (m, m)).flatten(2)
-            out, _ = cluster_ops.cluster_mix(x.flatten(2), centres, v.flatten(2), vcentres, alpha, beta, backend)
+            out, _ = cluster_ops.cluster_mix(
+                x.view(g, h * w, c), centres(x), v.view(g, h * w, c), centres(v), alpha, beta, backend
+            )
         out.sum().backward()
 
     base = _rss_mib()

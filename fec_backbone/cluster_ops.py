@@ -9,7 +9,8 @@ The reference formulation instead multiplies a ``[G, M, N, D]`` tensor by a one-
 ``M`` times the memory and arithmetic. Both give the same numbers; ``tests/reference_fec.py`` holds the
 reference formulation as the oracle.
 
-All tensors stay channel-first (``[G, C, N]``) so no transpose copies are needed around the step.
+All tensors are token-major (``[G, N, C]``, channels last), the layout of the model's blocks, so the
+projections around the step are plain matrix products with no transpose copies.
 
 Scatter backends: ``"torch"`` (native ``scatter_add_``, always available) and ``"torch_scatter"``
 (the optional ``torch-scatter`` extension). Choose one with :func:`set_scatter_backend` or the
@@ -73,11 +74,9 @@ def set_scatter_backend(name: str) -> None:
 def cosine_similarity(centers: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of every centre with every point.
 
-    centers: ``[G, C, M]``, points: ``[G, C, N]`` -> ``[G, M, N]``.
+    centers: ``[G, M, C]``, points: ``[G, N, C]`` -> ``[G, M, N]``.
     """
-    centers = F.normalize(centers, dim=1)
-    points = F.normalize(points, dim=1)
-    return torch.bmm(centers.transpose(1, 2), points)
+    return torch.bmm(F.normalize(centers, dim=-1), F.normalize(points, dim=-1).transpose(1, 2))
 
 
 def assign(sim: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -97,32 +96,32 @@ def aggregate(
 ) -> torch.Tensor:
     """Mean of each cluster's members together with its centre value.
 
-    values: ``[G, D, N]``, center_values: ``[G, D, M]``, index: ``[G, N]`` (int64) -> ``[G, D, M]``:
+    values: ``[G, N, D]``, center_values: ``[G, M, D]``, index: ``[G, N]`` (int64) -> ``[G, M, D]``:
     ``(sum of member values + centre value) / (members + 1)``.
     """
-    g, d, n = values.shape
-    m = center_values.shape[-1]
+    g, n, d = values.shape
+    m = center_values.shape[1]
     backend = backend or _backend
-    counts = torch.zeros(g, 1, m, dtype=values.dtype, device=values.device)
-    counts = counts.scatter_add(2, index.unsqueeze(1), torch.ones_like(values[:, :1]))
-    expanded = index.unsqueeze(1).expand(g, d, n)
+    counts = torch.zeros(g, m, 1, dtype=values.dtype, device=values.device)
+    counts = counts.scatter_add(1, index.unsqueeze(-1), torch.ones_like(values[:, :, :1]))
+    expanded = index.unsqueeze(-1).expand(g, n, d)
     if backend == "torch_scatter":
         from torch_scatter import scatter_sum
 
-        sums = scatter_sum(values, expanded, dim=2, dim_size=m)
+        sums = scatter_sum(values, expanded, dim=1, dim_size=m)
     else:
-        sums = values.new_zeros(g, d, m).scatter_add(2, expanded, values)
+        sums = values.new_zeros(g, m, d).scatter_add(1, expanded, values)
     return (sums + center_values) / (counts + 1.0)
 
 
 def dispatch(clusters: torch.Tensor, sim: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Send each cluster's value back to its members, scaled by their similarity.
 
-    clusters: ``[G, D, M]``, sim: ``[G, N]``, index: ``[G, N]`` -> ``[G, D, N]``.
+    clusters: ``[G, M, D]``, sim: ``[G, N]``, index: ``[G, N]`` -> ``[G, N, D]``.
     """
-    g, d, _ = clusters.shape
-    picked = clusters.gather(2, index.unsqueeze(1).expand(g, d, index.shape[-1]))
-    return picked * sim.unsqueeze(1)
+    g, _, d = clusters.shape
+    picked = clusters.gather(1, index.unsqueeze(-1).expand(g, index.shape[-1], d))
+    return picked * sim.unsqueeze(-1)
 
 
 def cluster_mix(
@@ -136,8 +135,8 @@ def cluster_mix(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The token mixer of a clustering block.
 
-    points ``[G, C, N]``, centers ``[G, C, M]``, values ``[G, D, N]``, center_values ``[G, D, M]``,
-    alpha and beta scalars (``[1]``) -> (mixed values ``[G, D, N]``, centre index per point ``[G, N]``).
+    points ``[G, N, C]``, centers ``[G, M, C]``, values ``[G, N, D]``, center_values ``[G, M, D]``,
+    alpha and beta scalars (``[1]``) -> (mixed values ``[G, N, D]``, centre index per point ``[G, N]``).
     """
     sim = torch.sigmoid(beta + alpha * cosine_similarity(centers, points))
     best, index = assign(sim)
@@ -154,8 +153,8 @@ def cluster_pool(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Clustering-based pooling: points vote into centres by plain cosine similarity.
 
-    points ``[G, C, N]``, centers ``[G, C, M]``, values ``[G, D, N]``, center_values ``[G, D, M]``
-    -> (pooled values ``[G, D, M]``, centre index per point ``[G, N]``). Only the assignment (an
+    points ``[G, N, C]``, centers ``[G, M, C]``, values ``[G, N, D]``, center_values ``[G, M, D]``
+    -> (pooled values ``[G, M, D]``, centre index per point ``[G, N]``). Only the assignment (an
     argmax) depends on ``points`` and ``centers``, so no gradient reaches them.
     """
     index = cosine_similarity(centers.detach(), points.detach()).argmax(dim=1)

@@ -53,6 +53,24 @@ class GroupNorm1(nn.GroupNorm):
         super().__init__(1, num_channels, eps=eps, device=device, dtype=dtype)
 
 
+class TokenGroupNorm1(GroupNorm1):
+    """The same single-group GroupNorm for channels-last maps ``[B, H, W, C]`` (statistics over H, W
+    and C, affine per channel), as one layer norm over the last three dims plus a fused affine."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.bias, F.layer_norm(x, x.shape[1:], eps=self.eps), self.weight)
+
+
+def to_nchw(x: torch.Tensor) -> torch.Tensor:
+    """``[B, H, W, C]`` -> ``[B, C, H, W]`` view (channels_last memory, no copy)."""
+    return x.permute(0, 3, 1, 2)
+
+
+def to_nhwc(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, H, W]`` -> contiguous ``[B, H, W, C]`` (free for channels_last memory)."""
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
 # The clustering step is data-dependent (argmax, scatter, gather): FX graphs keep it as one call.
 register_notrace_function(cluster_mix)
 register_notrace_function(cluster_pool)
@@ -76,38 +94,52 @@ def check_input(x: torch.Tensor, in_chans: int, divisor: int) -> None:
         )
 
 
-@register_notrace_function
-def fold(x: torch.Tensor, folds: Tuple[int, int]) -> torch.Tensor:
-    """Split a map into ``fh*fw`` regions that cluster independently: ``[B, C, H, W]`` ->
-    ``[B*fh*fw, C, H/fh, W/fw]`` (region-major, as the reference's rearrange)."""
+def _check_folds(h: int, w: int, folds: Tuple[int, int]) -> None:
     fh, fw = folds
-    if fh == 1 and fw == 1:
-        return x
-    b, c, h, w = x.shape
     if h % fh or w % fw:
         raise ValueError(
             f"a {h}x{w} feature map cannot be split into {fh}x{fw} clustering regions: its height must "
             f"be divisible by {fh} and its width by {fw}; change the input size or the model's `folds`"
         )
-    x = x.reshape(b, c, fh, h // fh, fw, w // fw).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(b * fh * fw, c, h // fh, w // fw)
 
 
 @register_notrace_function
-def unfold(x: torch.Tensor, folds: Tuple[int, int]) -> torch.Tensor:
-    """Inverse of :func:`fold`: ``[B*fh*fw, C, h, w]`` -> ``[B, C, fh*h, fw*w]``."""
+def split_regions(x: torch.Tensor, groups: int, folds: Tuple[int, int]) -> torch.Tensor:
+    """``[B, H, W, S, E, C]`` (S tensors of E heads) -> ``[S, B*E*fh*fw, H/fh, W/fw, C]``.
+
+    Group order is (batch, head, region row, region column), as the reference's rearranges; one copy.
+    """
+    b, h, w, s, e, c = x.shape
     fh, fw = folds
-    if fh == 1 and fw == 1:
-        return x
-    g, c, h, w = x.shape
-    x = x.reshape(g // (fh * fw), fh, fw, c, h, w).permute(0, 3, 1, 4, 2, 5)
-    return x.reshape(g // (fh * fw), c, fh * h, fw * w)
+    _check_folds(h, w, folds)
+    x = x.view(b, fh, h // fh, fw, w // fw, s, e, c).permute(5, 0, 6, 1, 3, 2, 4, 7)
+    return x.reshape(s, b * e * fh * fw, h // fh, w // fw, c).contiguous()
+
+
+@register_notrace_function
+def merge_regions(x: torch.Tensor, batch: int, folds: Tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`split_regions` for one tensor: ``[B*E*fh*fw, h, w, C]`` -> ``[B, fh*h, fw*w, E*C]``."""
+    g, h, w, c = x.shape
+    fh, fw = folds
+    e = g // (batch * fh * fw)
+    x = x.view(batch, e, fh, fw, h, w, c).permute(0, 2, 4, 3, 5, 1, 6)
+    return x.reshape(batch, fh * h, fw * w, e * c)
+
+
+def _centres(maps: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """Adaptive-average-pooled centres of ``[G, h, w, C]`` maps -> ``[G, gh*gw, C]``."""
+    return F.adaptive_avg_pool2d(to_nchw(maps), grid).flatten(2).transpose(1, 2)
+
+
+def _linear(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+    """A 1x1 convolution (weight ``[O, C, 1, 1]``) applied to a channels-last map ``[..., C]``."""
+    return F.linear(x, conv.weight.flatten(1), conv.bias)
 
 
 class Stem(nn.Module):
     """Append normalised row/column coordinates (in [-0.5, 0.5]) and embed with a stride-4 conv.
 
-    ``[B, in_chans, H, W]`` -> ``[B, dim, H/4, W/4]``.
+    ``[B, in_chans, H, W]`` -> channels-last ``[B, H/4, W/4, dim]``.
     """
 
     def __init__(self, in_chans: int, dim: int, patch_size: int = 4, device=None, dtype=None):
@@ -123,11 +155,15 @@ class Stem(nn.Module):
             (rows.view(h, 1).expand(h, w), cols.view(1, w).expand(h, w)), dim=0
         ).to(x.dtype)
         x = torch.cat((x, coords.unsqueeze(0).expand(b, 2, h, w)), dim=1)
-        return self.proj(x)
+        return to_nhwc(self.proj(x))
 
 
 class ClusterMixer(nn.Module):
-    """Token mixer of a block: multi-head clustering of the pixels of a map. ``[B, C, H, W]`` in and out."""
+    """Token mixer of a block: multi-head clustering of the pixels of a map. ``[B, H, W, C]`` in and out.
+
+    ``f`` (similarity features) and ``v`` (values) run as one matrix product; heads and fold regions
+    are split in one copy; the clustering itself is :func:`~fec_backbone.cluster_ops.cluster_mix`.
+    """
 
     def __init__(
         self,
@@ -153,24 +189,22 @@ class ClusterMixer(nn.Module):
         self.recorder: Optional[Recorder] = None  # set by fec_backbone.interpret.record_clusters
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        feats = fold(self.f(x).reshape(b * self.heads, self.head_dim, h, w), self.folds)
-        values = fold(self.v(x).reshape(b * self.heads, self.head_dim, h, w), self.folds)
-        g, d, fh, fw = values.shape
-        centers = F.adaptive_avg_pool2d(feats, self.proposals).flatten(2)
-        center_values = F.adaptive_avg_pool2d(values, self.proposals).flatten(2)
+        b, h, w, _ = x.shape
+        weight = torch.cat((self.f.weight, self.v.weight)).flatten(1)
+        fv = F.linear(x, weight, torch.cat((self.f.bias, self.v.bias)))
+        fv = split_regions(fv.view(b, h, w, 2, self.heads, self.head_dim), self.heads, self.folds)
+        _, g, rh, rw, c = fv.shape
+        centres = _centres(fv.view(2 * g, rh, rw, c), self.proposals).view(2, g, -1, c)
         out, index = cluster_mix(
-            feats.flatten(2), centers, values.flatten(2), center_values, self.sim_alpha, self.sim_beta
+            fv[0].view(g, rh * rw, c), centres[0], fv[1].view(g, rh * rw, c), centres[1], self.sim_alpha, self.sim_beta
         )
         if self.recorder is not None:
-            self.recorder(self, index, (fh, fw))
-        out = unfold(out.reshape(g, d, fh, fw), self.folds)
-        return self.proj(out.reshape(b, self.heads * self.head_dim, h, w))
+            self.recorder(self, index, (rh, rw))
+        return _linear(merge_regions(out.view(g, rh, rw, c), b, self.folds), self.proj)
 
 
 class Mlp(nn.Module):
-    """Two-layer pointwise MLP with GELU, held as ``nn.Linear`` weights and run as 1x1 convs so the
-    map stays channel-first: ``[B, C, H, W]`` in and out."""
+    """Two-layer pointwise MLP with GELU on a channels-last map ``[B, H, W, C]``."""
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0, device=None, dtype=None):
         super().__init__()
@@ -180,12 +214,12 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop(self.act(F.conv2d(x, self.fc1.weight[:, :, None, None], self.fc1.bias)))
-        return self.drop(F.conv2d(x, self.fc2.weight[:, :, None, None], self.fc2.bias))
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class ClusterBlock(nn.Module):
-    """Pre-norm residual block: clustering token mixer, then MLP, each with layer scale and drop path."""
+    """Pre-norm residual block on ``[B, H, W, C]``: clustering token mixer, then MLP, each with layer
+    scale and drop path."""
 
     def __init__(
         self,
@@ -203,17 +237,17 @@ class ClusterBlock(nn.Module):
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.norm1 = GroupNorm1(dim, **dd)
+        self.norm1 = TokenGroupNorm1(dim, **dd)
         self.token_mixer = ClusterMixer(dim, heads, head_dim, proposals, folds, **dd)
-        self.norm2 = GroupNorm1(dim, **dd)
+        self.norm2 = TokenGroupNorm1(dim, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.layer_scale_1 = nn.Parameter(torch.full((dim,), layer_scale_init_value, **dd))
         self.layer_scale_2 = nn.Parameter(torch.full((dim,), layer_scale_init_value, **dd))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.layer_scale_1[:, None, None] * self.token_mixer(self.norm1(x)))
-        return x + self.drop_path(self.layer_scale_2[:, None, None] * self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.layer_scale_1 * self.token_mixer(self.norm1(x)))
+        return x + self.drop_path(self.layer_scale_2 * self.mlp(self.norm2(x)))
 
 
 class FrozenConv1x1(nn.Module):
@@ -230,11 +264,12 @@ class FrozenConv1x1(nn.Module):
         self.register_buffer("bias", init.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> ``[B, O, H, W]``."""
         return F.conv2d(x, self.weight, self.bias)
 
 
 class ClusterPool(nn.Module):
-    """Clustering-based downsampling between stages: ``[B, C, H, W]`` -> ``[B, D, H/2, W/2]``.
+    """Clustering-based downsampling between stages: ``[B, H, W, C]`` -> ``[B, H/2, W/2, D]``.
 
     Centres sit on the half-resolution grid (2x2 average of a feature projection); each pixel votes
     its value into its most similar centre (plain cosine similarity), and a centre becomes the mean of
@@ -252,29 +287,45 @@ class ClusterPool(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.folds = _pair(folds)
-        self.norm2 = GroupNorm1(out_chans, **dd)
+        self.norm2 = TokenGroupNorm1(out_chans, **dd)
         self.conv_f = FrozenConv1x1(in_chans, out_chans, **dd)
         self.conv_v = nn.Conv2d(in_chans, out_chans, kernel_size=1, **dd)
         self.conv_skip = nn.Conv2d(in_chans, out_chans, kernel_size=3, stride=2, padding=1, **dd)
+        self.rate = 2  # centres lie on a grid `rate` times coarser than the input
+        self.dilated = False
         self.recorder: Optional[Recorder] = None  # set by fec_backbone.interpret.record_clusters
 
+    def dilate(self, rate: int) -> None:
+        """Keep the input resolution (for output stride 8/16 in dense prediction): centres are proposed
+        on a grid ``rate`` (2 or 4) times coarser, exactly the centres the pool would use without
+        dilation, pixels vote and clusters average as before, and then every pixel receives the value of
+        the centre it voted for instead of the map shrinking to the grid. The skip conv runs with stride
+        1 and dilation ``rate // 2``, as dilated ResNets treat their first strided conv. Weights and
+        state-dict keys are unchanged."""
+        if rate not in (2, 4):
+            raise ValueError(f"a clustering pool can be dilated by 2 or 4, got {rate}")
+        gap = rate // 2
+        self.conv_skip.stride, self.conv_skip.dilation, self.conv_skip.padding = (1, 1), (gap, gap), (gap, gap)
+        self.rate, self.dilated = rate, True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skip = self.conv_skip(x)
-        values = fold(self.conv_v(x), self.folds)
-        feats = fold(self.conv_f(x.detach()), self.folds)
-        g, d, h, w = values.shape
-        grid = (h // 2, w // 2)
-        centers = F.adaptive_avg_pool2d(feats, grid).flatten(2)
-        center_values = F.adaptive_avg_pool2d(values, grid).flatten(2)
-        out, index = cluster_pool(feats.flatten(2), centers, values.flatten(2), center_values)
+        b = x.shape[0]
+        skip = to_nhwc(self.conv_skip(to_nchw(x)))
+        both = torch.stack((_linear(x.detach(), self.conv_f), _linear(x, self.conv_v)), dim=3)
+        both = split_regions(both.unsqueeze(4), 1, self.folds)  # [2, B*regions, h, w, D]
+        _, g, h, w, d = both.shape
+        grid = (h // self.rate, w // self.rate)
+        centres = _centres(both.view(2 * g, h, w, d), grid).view(2, g, -1, d)
+        out, index = cluster_pool(both[0].view(g, h * w, d), centres[0], both[1].view(g, h * w, d), centres[1])
         if self.recorder is not None:
             self.recorder(self, index, (h, w))
-        out = unfold(out.reshape(g, d, grid[0], grid[1]), self.folds)
-        return skip + self.norm2(out)
+        if self.dilated:
+            out, grid = out.gather(1, index.unsqueeze(-1).expand(g, h * w, d)), (h, w)
+        return skip + self.norm2(merge_regions(out.view(g, grid[0], grid[1], d), b, self.folds))
 
 
 class FecStage(nn.Module):
-    """Optional clustering pool followed by clustering blocks."""
+    """Optional clustering pool followed by clustering blocks, on channels-last maps ``[B, H, W, C]``."""
 
     def __init__(self, downsample: Optional[nn.Module], blocks: Sequence[nn.Module]):
         super().__init__()
@@ -383,7 +434,7 @@ class FEC(nn.Module):
             stages.append(FecStage(downsample, blocks))
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=4 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
-        self.norm = GroupNorm1(self.num_features, **dd)
+        self.norm = TokenGroupNorm1(self.num_features, **dd)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
@@ -448,7 +499,7 @@ class FEC(nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs ``[B, C_i, H/4/2^i, W/4/2^i]`` for the stages in ``indices``.
+        """Stage outputs ``[B, C_i, H/4/2^i, W/4/2^i]`` (channels_last views) for the stages in ``indices``.
 
         With ``norm=True`` the last stage's output passes the final norm, as in ``forward_features``.
         """
@@ -463,12 +514,12 @@ class FEC(nn.Module):
         for i, stage in enumerate(stages):
             x = stage(x)
             if i in take_indices:
-                intermediates.append(self.norm(x) if norm and i == last else x)
+                intermediates.append(to_nchw(self.norm(x) if norm and i == last else x))
         if intermediates_only:
             return intermediates
         if i == last:
             x = self.norm(x)
-        return x, intermediates
+        return to_nchw(x), intermediates
 
     def prune_intermediate_layers(
         self,
@@ -486,14 +537,10 @@ class FEC(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, in_chans, H, W]`` -> normalised last-stage map ``[B, C, H/32, W/32]``."""
+        """``[B, in_chans, H, W]`` -> normalised last-stage map ``[B, C, H/32, W/32]`` (a channels_last
+        view: the stages run on channels-last maps)."""
         check_input(x, self.in_chans, self.reduction)
-        x = self.stem(x)
-        if self.training and not torch.jit.is_scripting() and any(s.grad_checkpointing for s in self.stages):
-            x = checkpoint_seq(self.stages, x)
-        else:
-            x = self.stages(x)
-        return self.norm(x)
+        return to_nchw(self.norm(self.stages(self.stem(x))))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``[B, C, h, w]`` -> logits ``[B, num_classes]`` (or pooled features with ``pre_logits``)."""

@@ -48,7 +48,7 @@ def _zero(inputs: List[Any], outputs: List[Any]) -> int:
 #: Handles for every operator of FEC that fvcore does not count by itself.
 FLOP_HANDLES = {
     **{f"aten::{op}": _per_output_element for op in (
-        "add", "add_", "sub", "mul", "mul_", "div", "clamp_min", "sigmoid", "gelu", "rsub",
+        "add", "add_", "addcmul", "sub", "mul", "mul_", "div", "clamp_min", "sigmoid", "gelu", "rsub",
     )},
     **{f"aten::{op}": _per_input_element for op in ("linalg_vector_norm", "mean", "sum", "max", "argmax")},
     "aten::scatter_add": _scatter_add,

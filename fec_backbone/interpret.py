@@ -12,6 +12,8 @@ Block assignments hold a cluster id per head and pixel of the block's input map 
 fold regions: ``region * M + centre``). Pool assignments hold, for each pixel of the pool's input map,
 the flat index of the output pixel (on the half-resolution map) that it was pooled into, so stages
 chain: a stage-0 point ``p`` goes to ``pool1[p]`` on the stage-1 map, then to ``pool2[pool1[p]]``, ...
+A dilated pool (see :meth:`ClusterPool.dilate`) keeps every pixel in place; its record (kind
+``dilated_pool``) holds the cell of its centre grid each pixel voted for, and chaining skips it.
 """
 from __future__ import annotations
 
@@ -32,9 +34,9 @@ class ClusterRecord:
     """The assignments of one clustering layer for one forward pass."""
 
     name: str
-    kind: str  # "block" or "pool"
-    assignment: torch.Tensor  # block: [B, heads, H, W] cluster ids; pool: [B, H, W] output-pixel indices
-    num_clusters: int  # block: clusters per head over the whole map; pool: pixels of the output map
+    kind: str  # "block", "pool", or "dilated_pool" (a pool that keeps the resolution, for dense prediction)
+    assignment: torch.Tensor  # block: [B, heads, H, W] cluster ids; pool: [B, H, W] centre-grid indices
+    num_clusters: int  # block: clusters per head over the whole map; pool: cells of the centre grid
 
 
 def clustering_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
@@ -54,7 +56,7 @@ def _block_map(layer: ClusterMixer, index: torch.Tensor, size: Tuple[int, int]) 
 def _pool_map(layer: ClusterPool, index: torch.Tensor, size: Tuple[int, int]) -> Tuple[torch.Tensor, int]:
     fh, fw = layer.folds
     h, w = size
-    gh, gw = h // 2, w // 2
+    gh, gw = h // layer.rate, w // layer.rate
     rows = torch.arange(fh, device=index.device).view(1, fh, 1, 1) * gh + (index.view(-1, fh, fw, h * w) // gw)
     cols = torch.arange(fw, device=index.device).view(1, 1, fw, 1) * gw + (index.view(-1, fh, fw, h * w) % gw)
     flat = (rows * (fw * gw) + cols).view(-1, fh, fw, h, w).permute(0, 1, 3, 2, 4)
@@ -77,7 +79,8 @@ def record_clusters(model: nn.Module) -> Iterator[List[ClusterRecord]]:
             records.append(ClusterRecord(names[id(layer)], "block", assignment, count))
         else:
             assignment, count = _pool_map(layer, index, size)
-            records.append(ClusterRecord(names[id(layer)], "pool", assignment, count))
+            kind = "dilated_pool" if layer.dilated else "pool"
+            records.append(ClusterRecord(names[id(layer)], kind, assignment, count))
 
     for _, layer in layers:
         layer.recorder = record

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from .checkpoint import CheckpointError, read_checkpoint
-from .fec import FEC, ClusterPool, _official_key, checkpoint_filter_fn
+from .fec import FEC, ClusterPool, _official_key, checkpoint_filter_fn, to_nchw
 from .interpret import chain_to_input, clustering_layers, record_clusters
 
 __all__ = [
@@ -201,7 +201,7 @@ def cluster_maps(
     captured: Dict[str, torch.Tensor] = {}
 
     def centre_features(module: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> None:
-        feats = module.conv_f(inputs[0].to(module.conv_f.weight.dtype))
+        feats = module.conv_f(to_nchw(inputs[0]).to(module.conv_f.weight.dtype))  # pools take [B, H, W, C]
         captured["centres"] = F.avg_pool2d(feats, 2).flatten(2)  # [B, C, h*w]: output points, row-major
 
     handle = pools[-1].register_forward_pre_hook(centre_features)

@@ -30,11 +30,16 @@ def _maps(dtype=torch.float32, g=6, c=8, d=12, h=14, w=10):
     return x, v, alpha, beta
 
 
+def _tokens(maps):
+    """``[G, C, h, w]`` -> ``[G, h*w, C]``."""
+    return maps.flatten(2).transpose(1, 2)
+
+
 def _ours_mix(x, v, alpha, beta, grid, backend):
-    feats_c = torch.nn.functional.adaptive_avg_pool2d(x, grid).flatten(2)
-    vals_c = torch.nn.functional.adaptive_avg_pool2d(v, grid).flatten(2)
-    out, _ = cluster_ops.cluster_mix(x.flatten(2), feats_c, v.flatten(2), vals_c, alpha, beta, backend)
-    return out.transpose(1, 2)  # [G, N, D] like the reference
+    feats_c = _tokens(torch.nn.functional.adaptive_avg_pool2d(x, grid))
+    vals_c = _tokens(torch.nn.functional.adaptive_avg_pool2d(v, grid))
+    out, _ = cluster_ops.cluster_mix(_tokens(x), feats_c, _tokens(v), vals_c, alpha, beta, backend)
+    return out  # [G, N, D] like the reference
 
 
 @pytest.mark.parametrize("backend", _backends())
@@ -56,9 +61,9 @@ def test_cluster_mix_matches_reference(backend, grid):
 def test_cluster_pool_matches_reference(backend):
     x, v, _, _ = _maps(h=16, w=12)
     ref = dense_cluster(x, v, (8, 6), dispatch=False)
-    grid_f = torch.nn.functional.adaptive_avg_pool2d(x, (8, 6)).flatten(2)
-    grid_v = torch.nn.functional.adaptive_avg_pool2d(v, (8, 6)).flatten(2)
-    ours = cluster_ops.cluster_pool(x.flatten(2), grid_f, v.flatten(2), grid_v, backend)[0].transpose(1, 2)
+    grid_f = _tokens(torch.nn.functional.adaptive_avg_pool2d(x, (8, 6)))
+    grid_v = _tokens(torch.nn.functional.adaptive_avg_pool2d(v, (8, 6)))
+    ours = cluster_ops.cluster_pool(_tokens(x), grid_f, _tokens(v), grid_v, backend)[0]
     assert rel_err(ours, ref) < 1e-5
     upstream = torch.randn_like(ref)
     (gv_ref,) = torch.autograd.grad(ref, (v,), upstream)
@@ -67,24 +72,24 @@ def test_cluster_pool_matches_reference(backend):
 
 
 def test_aggregate_is_member_mean_with_centre():
-    values = torch.tensor([[[1.0, 2.0, 3.0, 10.0]]])  # G=1, D=1, N=4
-    centres = torch.tensor([[[0.0, 5.0]]])  # M=2
+    values = torch.tensor([[[1.0], [2.0], [3.0], [10.0]]])  # G=1, N=4, D=1
+    centres = torch.tensor([[[0.0], [5.0]]])  # M=2
     index = torch.tensor([[0, 0, 0, 1]])
     out = cluster_ops.aggregate(values, centres, index)
-    assert torch.allclose(out, torch.tensor([[[(1 + 2 + 3 + 0) / 4, (10 + 5) / 2]]]))
+    assert torch.allclose(out, torch.tensor([[[(1 + 2 + 3 + 0) / 4], [(10 + 5) / 2]]]))
 
 
 def test_dispatch_gathers_and_scales():
-    clusters = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])  # G=1, D=2, M=2
+    clusters = torch.tensor([[[1.0, 3.0], [2.0, 4.0]]])  # G=1, M=2, D=2
     sim = torch.tensor([[0.5, 1.0, 0.25]])
     index = torch.tensor([[1, 0, 1]])
     out = cluster_ops.dispatch(clusters, sim, index)
-    assert torch.equal(out, torch.tensor([[[1.0, 1.0, 0.5], [2.0, 3.0, 1.0]]]))
+    assert torch.equal(out, torch.tensor([[[1.0, 2.0], [1.0, 3.0], [0.5, 1.0]]]))
 
 
 def test_assignment_is_a_partition():
     x, v, alpha, beta = _maps()
-    sim = torch.sigmoid(beta + alpha * cluster_ops.cosine_similarity(x.flatten(2)[:, :, :5], x.flatten(2)))
+    sim = torch.sigmoid(beta + alpha * cluster_ops.cosine_similarity(_tokens(x)[:, :5], _tokens(x)))
     best, index = cluster_ops.assign(sim)
     assert index.shape == (6, 140) and index.min() >= 0 and index.max() < 5
     assert torch.equal(best, sim.max(dim=1).values)

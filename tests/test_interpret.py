@@ -49,10 +49,10 @@ def test_pool_assignment_matches_recomputed_argmax():
     pool = model.stages[1].downsample
     x = torch.randn(1, 32, 16, 16)
     with torch.no_grad(), record_clusters(pool) as records:
-        pool(x)
+        pool(x.permute(0, 2, 3, 1))  # stages run on channels-last maps
     feats = pool.conv_f(x)
-    centres = torch.nn.functional.adaptive_avg_pool2d(feats, (8, 8)).flatten(2)
-    expected = cluster_ops.cosine_similarity(centres, feats.flatten(2)).argmax(1).view(1, 16, 16)
+    centres = torch.nn.functional.adaptive_avg_pool2d(feats, (8, 8)).flatten(2).transpose(1, 2)
+    expected = cluster_ops.cosine_similarity(centres, feats.flatten(2).transpose(1, 2)).argmax(1).view(1, 16, 16)
     assert torch.equal(records[0].assignment, expected)  # no folds: output index == centre index
 
 

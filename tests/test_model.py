@@ -173,3 +173,38 @@ def test_direct_construction_and_unknown_preset():
     with pytest.raises(ValueError, match="one entry per stage"):
         FEC(proposals=(4, 4))
     assert fec_backbone.__version__
+
+
+def test_dilated_pool_keeps_resolution_and_weights():
+    model = timm.create_model("fec_small", preset="segmentation", num_classes=0)
+    x = torch.randn(1, 3, 128, 128)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.stages[3].downsample.dilate(2)
+    model.stages[2].downsample.dilate(2)
+    assert model.state_dict().keys() == before.keys()
+    maps = model.forward_intermediates(x, intermediates_only=True)
+    assert [tuple(m.shape[-2:]) for m in maps] == [(32, 32), (16, 16), (16, 16), (16, 16)]
+    with pytest.raises(ValueError, match="dilated by 2 or 4"):
+        model.stages[1].downsample.dilate(3)
+
+
+def test_dilated_pool_sends_each_pixel_its_centre():
+    """Without the skip path and norm, a dilated pool's output at a pixel is the pooled value of the
+    centre that pixel voted for: the non-dilated pool's output, spread back to the pixels."""
+    torch.manual_seed(0)
+    plain = timm.create_model("fec_small").stages[1].downsample.eval()
+    x = torch.randn(1, 16, 16, 32)
+    captured = {}
+    plain.norm2.forward = lambda t: captured.setdefault("plain", t)
+    plain.conv_skip.forward = lambda t: torch.zeros(1, 64, 8, 8)
+    plain(x)
+    plain.dilate(2)
+    plain.norm2.forward = lambda t: captured.setdefault("dilated", t)
+    plain.conv_skip.forward = lambda t: torch.zeros(1, 64, 16, 16)
+    with fec_backbone.record_clusters(plain) as records:
+        plain(x)
+    index = records[0].assignment.view(-1)
+    spread = captured["plain"].reshape(64, 64)[index]
+    assert plain.conv_skip.stride == (1, 1) and plain.conv_skip.dilation == (1, 1)
+    assert torch.allclose(captured["dilated"].reshape(256, 64), spread)
+    assert records[0].kind == "dilated_pool"

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import fec_backbone  # noqa: F401  (registers fec_small/base/large with timm for smp's tu- route)
 
-from .encoder import DilatedClusterPool, FecEncoder
+from .encoder import FecEncoder
 from .registry import encoder_params, fec_encoders, register_encoder, register_encoders
 from .hub import ENCODER_VARIANTS, WeightsNotInstalledError, install, installed_path
 
 register_encoders()
 
 __all__ = [
-    "DilatedClusterPool",
     "ENCODER_VARIANTS",
     "FecEncoder",
     "WeightsNotInstalledError",

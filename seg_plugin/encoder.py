@@ -12,7 +12,7 @@ modules and state-dict keys and only adapts the output to smp's encoder contract
   ``find_unused_parameters``);
 * ``set_in_channels`` rebuilds the stem for ``in_channels + 2`` inputs (image plus coordinates);
 * ``make_dilated`` keeps the resolution of the deeper stages for ``output_stride`` 8 or 16 (see
-  :class:`DilatedClusterPool`).
+  :meth:`fec_backbone.fec.ClusterPool.dilate`).
 """
 from __future__ import annotations
 
@@ -20,61 +20,12 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from segmentation_models_pytorch.encoders._base import EncoderMixin
 from timm.models import adapt_input_conv
 
-from fec_backbone.cluster_ops import cluster_pool
-from fec_backbone.fec import FEC, ClusterPool, GroupNorm1, check_input, fold, unfold
+from fec_backbone.fec import FEC, GroupNorm1, check_input, to_nchw
 
-__all__ = ["FecEncoder", "DilatedClusterPool"]
-
-
-class DilatedClusterPool(nn.Module):
-    """A :class:`~fec_backbone.fec.ClusterPool` that keeps the resolution of its input (dilated mode).
-
-    FEC's pool clusters the pixels of a map around centres on a grid ``rate`` times coarser and outputs
-    that grid. Here the same centres are proposed (the grid is ``H/rate x W/rate``, exactly the
-    centres the pool would use at ``output_stride=32``), every pixel votes into its most similar centre
-    and the centres average their voters as before; then each pixel *receives the value of the centre
-    it voted for* instead of the map shrinking to the grid. The skip convolution runs with stride 1 and
-    the dilation that keeps its taps as far apart in the image as in the strided original
-    (``rate // 2``), as torchvision's dilated ResNets treat the first strided conv of a stage.
-    ``[B, C, H, W]`` -> ``[B, D, H, W]``.
-
-    It takes over the pool's modules, so weights and state-dict keys stay those of the pool and
-    ImageNet weights apply as they are; blocks after a dilated pool cluster with the same number of
-    proposals on the denser map. Not a :class:`ClusterPool`: ``fec_backbone.record_clusters`` records
-    the blocks and the strided pools of a dilated encoder, not its dilated pools.
-    """
-
-    def __init__(self, pool: ClusterPool, rate: int):
-        super().__init__()
-        if rate not in (2, 4):
-            raise ValueError(f"a clustering pool can be dilated by 2 or 4, got {rate}")
-        self.rate = rate
-        self.folds = pool.folds
-        self.norm2 = pool.norm2
-        self.conv_f = pool.conv_f
-        self.conv_v = pool.conv_v
-        self.conv_skip = pool.conv_skip
-        gap = rate // 2
-        self.conv_skip.stride = (1, 1)
-        self.conv_skip.dilation = (gap, gap)
-        self.conv_skip.padding = (gap, gap)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skip = self.conv_skip(x)
-        values = fold(self.conv_v(x), self.folds)
-        feats = fold(self.conv_f(x.detach()), self.folds)
-        g, d, h, w = values.shape
-        grid = (h // self.rate, w // self.rate)
-        centers = F.adaptive_avg_pool2d(feats, grid).flatten(2)
-        center_values = F.adaptive_avg_pool2d(values, grid).flatten(2)
-        pooled, index = cluster_pool(feats.flatten(2), centers, values.flatten(2), center_values)
-        out = pooled.gather(2, index.unsqueeze(1).expand(g, d, h * w))
-        out = unfold(out.reshape(g, d, h, w), self.folds)
-        return skip + self.norm2(out)
+__all__ = ["FecEncoder"]
 
 
 class FecEncoder(FEC, EncoderMixin):
@@ -165,15 +116,15 @@ class FecEncoder(FEC, EncoderMixin):
         return {4 * 2**i: [stage] for i, stage in enumerate(self.stages) if i > 0}
 
     def make_dilated(self, output_stride: int) -> None:
-        """Keep the stages deeper than ``output_stride`` (8 or 16) at that stride, with
-        :class:`DilatedClusterPool` in place of their clustering pools."""
+        """Keep the stages deeper than ``output_stride`` (8 or 16) at that stride by dilating their
+        clustering pools (:meth:`fec_backbone.fec.ClusterPool.dilate`)."""
         if output_stride not in (8, 16):
             raise ValueError(f"Output stride should be 16 or 8, got {output_stride}.")
         if self._output_stride != 32:
             raise ValueError(f"the encoder is already dilated to output stride {self._output_stride}")
         for stride, (stage,) in self.get_stages().items():
             if stride > output_stride:
-                stage.downsample = DilatedClusterPool(stage.downsample, stride // output_stride)
+                stage.downsample.dilate(stride // output_stride)
         self._output_stride = output_stride
 
     def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
@@ -202,5 +153,5 @@ class FecEncoder(FEC, EncoderMixin):
         x = self.stem(x)
         for stage, norm in zip(self.stages, self.out_norms):
             x = stage(x)
-            features.append(norm(x))
+            features.append(norm(to_nchw(x)))  # stages run on channels-last [B, H, W, C] maps
         return features

@@ -9,13 +9,11 @@ import warnings
 import pytest
 import segmentation_models_pytorch as smp
 import torch
-import torch.nn as nn
 from segmentation_models_pytorch.encoders import get_encoder
 
 import seg_plugin
 from fec_backbone import PRESETS
-from fec_backbone.fec import ClusterPool
-from seg_plugin import DilatedClusterPool, FecEncoder
+from seg_plugin import FecEncoder
 
 NAMES = ["fec_s", "fec_b", "fec_l"]
 STRIDES = [1, 2, 4, 8, 16, 32]
@@ -115,8 +113,7 @@ def test_dilated(stride, sample):
     h, w = strides(sample, features)
     assert h == w == [min(stride, s) for s in STRIDES]
     assert encoder.output_stride == stride
-    dilated = [type(s.downsample).__name__ for s in encoder.stages]
-    assert dilated.count("DilatedClusterPool") == {16: 1, 8: 2}[stride]
+    assert sum(s.downsample.dilated for s in encoder.stages[1:]) == {16: 1, 8: 2}[stride]
 
 
 def test_invalid_output_stride():
@@ -125,36 +122,6 @@ def test_invalid_output_stride():
     encoder = get_encoder("fec_s", weights=None, output_stride=16)
     with pytest.raises(ValueError, match="already dilated"):
         encoder.make_dilated(8)
-
-
-@pytest.mark.parametrize("rate", [2, 4])
-def test_dilated_pool_is_the_pool_kept_at_full_resolution(rate):
-    """Each pixel gets the pooled value of the centre it voted for (the same centres and clusters as
-    the strided pool at rate 2); the skip conv at stride 1 equals the strided one on its grid."""
-    torch.manual_seed(0)
-    pool = ClusterPool(8, 16).eval()
-    pool.norm2 = nn.Identity()
-    x = torch.randn(2, 8, 16, 16)
-    indices = []
-    dilated = DilatedClusterPool(copy.deepcopy(pool), rate).eval()
-    skip_d = dilated.conv_skip(x)
-    out_d = dilated(x) - skip_d
-    if rate == 2:
-        pool.recorder = lambda layer, index, size: indices.append(index)
-        skip = pool.conv_skip(x)
-        out = pool(x) - skip
-        index = indices[0].view(2, 1, -1).expand(2, 16, -1)
-        assert torch.allclose(out_d.flatten(2), out.flatten(2).gather(2, index), atol=1e-6)
-        assert torch.allclose(skip_d[..., ::2, ::2], skip, atol=1e-6)
-    else:
-        assert dilated.conv_skip.dilation == (2, 2) and dilated.conv_skip.stride == (1, 1)
-        nn.init.zeros_(dilated.conv_skip.weight)
-        nn.init.zeros_(dilated.conv_skip.bias)
-        clustered = dilated(x)
-        assert clustered.shape == (2, 16, 16, 16)
-        for image in clustered:  # every pixel holds one of the (16 / rate)^2 centres' values
-            assert image.flatten(1).unique(dim=-1).shape[-1] <= (16 // rate) ** 2
-    assert set(dict(dilated.named_parameters())) | set(dict(dilated.named_buffers())) == set(pool.state_dict())
 
 
 def test_segmentation_preset_is_the_default_and_params_are_settable():

@@ -65,7 +65,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 OFFICIAL_GIT_URL = "https://github.com/facebookresearch/detectron2.git"
 OFFICIAL_PIP_SPEC = "git+" + OFFICIAL_GIT_URL
@@ -334,6 +334,12 @@ def report(info: Dict[str, object]) -> None:
         log("warning: pkg_resources is missing; detectron2.model_zoo needs setuptools<81")
 
 
+ROUTE_DESCRIPTIONS = {
+    "official git route": f"official install from {OFFICIAL_GIT_URL}",
+    "PyPI fallback": f"fallback {SDIST_PROJECT}=={SDIST_VERSION} sdist as pure Python (no compiled ops)",
+}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     ap.add_argument("--skip-git", action="store_true",
@@ -353,35 +359,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     failures: List[str] = []
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true")
-    if args.skip_git or os.environ.get("FEC_D2_SKIP_GIT") == "1":
-        failures.append("official git route: skipped on request")
-    else:
+    need_pin = not info.get("pkg_resources")
+    routes: List[Tuple[str, Optional[Callable[[], None]]]] = [
+        ("official git route", None if args.skip_git or os.environ.get("FEC_D2_SKIP_GIT") == "1"
+         else lambda: try_official(env)),
+        ("PyPI fallback", lambda: install_fallback(cache_root(args.cache_dir), need_setuptools_pin=need_pin)),
+    ]
+    for number, (route, install) in enumerate(routes, start=2):
+        if install is None:
+            failures.append(f"{route}: skipped on request")
+            continue
+        log(f"route {number}: {ROUTE_DESCRIPTIONS[route]}")
         try:
-            log(f"route 2: official install from {OFFICIAL_GIT_URL}")
-            try_official(env)
+            install()
         except InstallError as e:
-            failures.append(f"official git route: {e}")
-            log(f"official route failed: {e}")
-        else:
-            info = probe()
-            if info.get("ok"):
-                report(info)
-                log(f"done in {time.monotonic() - t0:.1f}s")
-                return 0
-            failures.append(f"official git route: installed but import fails: {info.get('error')}")
-
-    try:
-        log(f"route 3: fallback {SDIST_PROJECT}=={SDIST_VERSION} sdist as pure Python (no compiled ops)")
-        install_fallback(cache_root(args.cache_dir), need_setuptools_pin=not info.get("pkg_resources"))
-    except InstallError as e:
-        failures.append(f"PyPI fallback: {e}")
-    else:
+            failures.append(f"{route}: {e}")
+            log(f"{route} failed: {e}")
+            continue
         info = probe()
         if info.get("ok"):
             report(info)
             log(f"done in {time.monotonic() - t0:.1f}s")
             return 0
-        failures.append(f"PyPI fallback: installed but import fails: {info.get('error')}")
+        failures.append(f"{route}: installed but import fails: {info.get('error')}")
 
     print("ERROR: could not install Detectron2. Routes tried:", file=sys.stderr)
     for f in failures:

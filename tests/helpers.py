@@ -42,5 +42,13 @@ def oracle_pair(name: str = "fec_small", preset: str = "classification", **kwarg
     return ref, ours
 
 
+def official_state_dict(name: str = "fec_small", seed: int = 0, noise: float = 0.01) -> Dict[str, torch.Tensor]:
+    """A stand-in for the authors' ImageNet checkpoint: the official key layout (``patch_embed``,
+    ``network.<i>``, ``norm``, ``head``) with distinct, seeded values in every tensor."""
+    generator = torch.Generator().manual_seed(seed)
+    state = reference_model(name).state_dict()
+    return {k: v + noise * torch.randn(v.shape, generator=generator) for k, v in state.items()}
+
+
 def grads_by_our_key(ref: RefFEC) -> Dict[str, torch.Tensor]:
     return {_official_key(k): p.grad for k, p in ref.named_parameters()}

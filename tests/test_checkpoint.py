@@ -8,18 +8,16 @@ import torch
 
 from fec_backbone.checkpoint import CheckpointError
 from fec_backbone.fec import _official_key
+from helpers import official_state_dict
 from reference_fec import reference_model
 
 
 @pytest.fixture(scope="module")
 def official(tmp_path_factory):
     """An official-layout FEC-S state dict (as the authors' ImageNet checkpoint) saved in every wrapping."""
-    torch.manual_seed(3)
+    state = official_state_dict("fec_small", seed=3)
     ref = reference_model("fec_small")
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(torch.randn_like(p) * 0.01)
-    state = ref.state_dict()
+    ref.load_state_dict(state)
     root = tmp_path_factory.mktemp("ckpt")
     files = {
         "raw": root / "fec_small_raw.pth",

@@ -21,6 +21,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model  
 import fec_backbone  # noqa: E402
 from fec_backbone.checkpoint import CheckpointError  # noqa: E402
 from fec_backbone.fec import _official_key  # noqa: E402
+from helpers import official_state_dict  # noqa: E402
 from reference_fec import reference_model  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -166,11 +167,7 @@ def test_configs():
 def official_checkpoint(tmp_path_factory):
     """An official-layout FEC-S ImageNet checkpoint (the oracle's keys: patch_embed, network.<i>, norm,
     head), nested under "model" as the official release files are."""
-    ref = reference_model("fec_small")
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.normal_()
-    state = {k: v.clone() for k, v in ref.state_dict().items()}
+    state = official_state_dict("fec_small", noise=1.0)
     path = tmp_path_factory.mktemp("imagenet") / "fec_small_official.pth"
     torch.save({"model": state}, path)
     return path, state

@@ -19,13 +19,7 @@ NAMES = ["fec_s", "fec_b", "fec_l"]
 STRIDES = [1, 2, 4, 8, 16, 32]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models on a shared CPU run fastest and steadiest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def strides(sample: torch.Tensor, features) -> list:

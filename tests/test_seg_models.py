@@ -34,13 +34,7 @@ EXPORT_ARCHS = list(ARCHS)
 COMPILE_ARCHS = list(ARCHS) if os.environ.get("FEC_SEG_ALL") else ["fpn", "deeplabv3plus", "dpt"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models on a shared CPU run fastest and steadiest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_smp_architecture_is_covered():

@@ -22,13 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 TOY_CONFIG = REPO / "configs" / "segmentation" / "toy_fpn_fec_s.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models on a shared CPU run fastest and steadiest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

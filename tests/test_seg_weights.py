@@ -13,18 +13,12 @@ import torch
 import seg_plugin
 from fec_backbone.checkpoint import CheckpointError
 from fec_backbone.fec import _official_key
-from reference_fec import reference_model
+from helpers import official_state_dict
 from seg_plugin import hub
 from seg_plugin.weights import main as weights_cli
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models on a shared CPU run fastest and steadiest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()
@@ -41,12 +35,7 @@ def hf_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def official(tmp_path_factory):
     """A fake official FEC-S ImageNet checkpoint (official key layout, as the authors publish it)."""
-    torch.manual_seed(5)
-    ref = reference_model("fec_small")
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    state = ref.state_dict()
+    state = official_state_dict("fec_small", seed=5, noise=0.02)
     path = tmp_path_factory.mktemp("official") / "fec_small.pth"
     torch.save({"model": state, "epoch": 299}, path)
     return path, state

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -39,7 +40,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     data, run, ddp = (os.path.join(args.workdir, d) for d in ("data", "train", "ddp"))
     picture = os.path.join(args.workdir, "clusters.png")
     if os.path.exists(os.path.join(run, "last.pth.tar")) or os.path.exists(os.path.join(ddp, "last.pth.tar")):
-        raise SystemExit(f"error: {args.workdir} holds an earlier demo run; remove it or pass another --workdir")
+        print(f"replacing the earlier demo run in {args.workdir}")  # the demo's own output, made again below
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.rmtree(ddp, ignore_errors=True)
     threads = ["--threads", str(args.threads)] if args.threads else []
 
     _banner("toy data: 4 shape classes, 64x64 px")

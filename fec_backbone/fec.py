@@ -104,7 +104,7 @@ def _check_folds(h: int, w: int, folds: Tuple[int, int]) -> None:
 
 
 @register_notrace_function
-def split_regions(x: torch.Tensor, groups: int, folds: Tuple[int, int]) -> torch.Tensor:
+def split_regions(x: torch.Tensor, folds: Tuple[int, int]) -> torch.Tensor:
     """``[B, H, W, S, E, C]`` (S tensors of E heads) -> ``[S, B*E*fh*fw, H/fh, W/fw, C]``.
 
     Group order is (batch, head, region row, region column), as the reference's rearranges; one copy.
@@ -192,7 +192,7 @@ class ClusterMixer(nn.Module):
         b, h, w, _ = x.shape
         weight = torch.cat((self.f.weight, self.v.weight)).flatten(1)
         fv = F.linear(x, weight, torch.cat((self.f.bias, self.v.bias)))
-        fv = split_regions(fv.view(b, h, w, 2, self.heads, self.head_dim), self.heads, self.folds)
+        fv = split_regions(fv.view(b, h, w, 2, self.heads, self.head_dim), self.folds)
         _, g, rh, rw, c = fv.shape
         centres = _centres(fv.view(2 * g, rh, rw, c), self.proposals).view(2, g, -1, c)
         out, index = cluster_mix(
@@ -312,7 +312,7 @@ class ClusterPool(nn.Module):
         b = x.shape[0]
         skip = to_nhwc(self.conv_skip(to_nchw(x)))
         both = torch.stack((_linear(x.detach(), self.conv_f), _linear(x, self.conv_v)), dim=3)
-        both = split_regions(both.unsqueeze(4), 1, self.folds)  # [2, B*regions, h, w, D]
+        both = split_regions(both.unsqueeze(4), self.folds)  # [2, B*regions, h, w, D]
         _, g, h, w, d = both.shape
         grid = (h // self.rate, w // self.rate)
         centres = _centres(both.view(2 * g, h, w, d), grid).view(2, g, -1, d)

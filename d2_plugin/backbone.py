@@ -151,13 +151,9 @@ def load_imagenet_weights(model: fec_backbone.FEC, path: str) -> None:
     except CheckpointError as e:
         message = str(e) if path in str(e) else f"{path}: {e}"
         raise CheckpointError(message) from e
+    # checkpoint_filter_fn has checked every key but the classifier's, which a backbone has none of
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("head.")]
-    if missing or result.unexpected_keys:
-        raise CheckpointError(
-            f"{path}: does not fit {model.describe()}: missing {missing}, unexpected {result.unexpected_keys}"
-        )
+    model.load_state_dict(state, strict=True)
     logger.info("FEC backbone initialised from %s (%d tensors)", path, len(state))
 
 

@@ -4,7 +4,8 @@ Measures, each case in a fresh process (so peak memory is that case's own):
   * the clustering op alone (forward + backward) at the shapes of stage 1;
   * the whole model, forward + backward, at 224 px (batch 32, classification preset) and at
     detection resolution (800x1344, batch 1, detection preset);
-  * the scatter backends (torch, torch_scatter) on the op, to pick the default.
+  * the CPU clustering backends (torch, torch_scatter) on the op, to pick the default (the fused
+    ``triton`` backend is for GPUs: ``bench_gpu.py``).
 
     python benchmarks/bench_cpu.py            # everything (a few minutes on 2 cores)
     python benchmarks/bench_cpu.py --quick    # smaller shapes, a smoke run
@@ -105,8 +106,8 @@ def main(argv: List[str] | None = None) -> None:
     repeats = 1 if args.quick else 3
     from fec_backbone import cluster_ops
 
-    backends = cluster_ops.available_scatter_backends()
-    print(f"threads={os.environ.get('BENCH_THREADS', '2')}, scatter backends available: {', '.join(backends)}")
+    backends = tuple(b for b in cluster_ops.available_backends() if b != "triton")
+    print(f"threads={os.environ.get('BENCH_THREADS', '2')}, CPU clustering backends: {', '.join(backends)}")
     rows = []
 
     # Stage-1 clustering of FEC-S at 224 px, batch 32: 4 heads -> G=128 maps of 24 x 56 x 56, 4x4 centres.

@@ -12,9 +12,10 @@ reference formulation as the oracle.
 All tensors are token-major (``[G, N, C]``, channels last), the layout of the model's blocks, so the
 projections around the step are plain matrix products with no transpose copies.
 
-Scatter backends: ``"torch"`` (native ``scatter_add_``, always available) and ``"torch_scatter"``
-(the optional ``torch-scatter`` extension). Choose one with :func:`set_scatter_backend` or the
-``FEC_SCATTER_BACKEND`` environment variable.
+Backends: ``"torch"`` (native ``scatter_add_``, always available), ``"torch_scatter"`` (the optional
+``torch-scatter`` extension for the scatter-add) and ``"triton"`` (the whole step as fused Triton
+kernels, :mod:`fec_backbone.cluster_kernels`; CUDA, or Triton's interpreter). Choose one with
+:func:`set_backend` or the ``FEC_CLUSTER_BACKEND`` environment variable.
 """
 from __future__ import annotations
 
@@ -31,13 +32,12 @@ __all__ = [
     "dispatch",
     "cluster_mix",
     "cluster_pool",
-    "available_scatter_backends",
-    "get_scatter_backend",
-    "set_scatter_backend",
+    "available_backends",
+    "get_backend",
+    "set_backend",
 ]
 
-_BACKENDS = ("torch", "torch_scatter")
-_backend = os.environ.get("FEC_SCATTER_BACKEND", "torch")
+_BACKENDS = ("torch", "torch_scatter", "triton")
 
 
 def _torch_scatter_available() -> bool:
@@ -48,27 +48,48 @@ def _torch_scatter_available() -> bool:
     return True
 
 
-def available_scatter_backends() -> Tuple[str, ...]:
-    """The scatter backends that work in this environment."""
-    return tuple(b for b in _BACKENDS if b == "torch" or _torch_scatter_available())
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def get_scatter_backend() -> str:
-    """The backend :func:`aggregate` uses when none is passed."""
+def available_backends() -> Tuple[str, ...]:
+    """The clustering backends that work in this environment."""
+    usable = {"torch": True, "torch_scatter": _torch_scatter_available(), "triton": _triton_available()}
+    return tuple(b for b in _BACKENDS if usable[b])
+
+
+def _checked(name: str) -> str:
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown clustering backend {name!r}; choose one of {_BACKENDS}")
+    if name == "torch_scatter" and not _torch_scatter_available():
+        raise ImportError(
+            "clustering backend 'torch_scatter' needs the torch-scatter package: "
+            "pip install 'fec-backbone[scatter]' (or use the always-available 'torch' backend)"
+        )
+    if name == "triton" and not _triton_available():
+        raise RuntimeError(
+            "clustering backend 'triton' needs the triton package and a CUDA GPU (or TRITON_INTERPRET=1 "
+            "to run its kernels in Triton's CPU interpreter); use the always-available 'torch' backend"
+        )
+    return name
+
+
+_backend = _checked(os.environ.get("FEC_CLUSTER_BACKEND", "torch"))
+
+
+def get_backend() -> str:
+    """The backend the clustering ops use when none is passed."""
     return _backend
 
 
-def set_scatter_backend(name: str) -> None:
-    """Select the default scatter backend: ``"torch"`` or ``"torch_scatter"``."""
+def set_backend(name: str) -> None:
+    """Select the default clustering backend: ``"torch"``, ``"torch_scatter"`` or ``"triton"``."""
     global _backend
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown scatter backend {name!r}; choose one of {_BACKENDS}")
-    if name == "torch_scatter" and not _torch_scatter_available():
-        raise ImportError(
-            "scatter backend 'torch_scatter' needs the torch-scatter package: "
-            "pip install 'fec-backbone[scatter]' (or use the always-available 'torch' backend)"
-        )
-    _backend = name
+    _backend = _checked(name)
 
 
 def cosine_similarity(centers: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -138,6 +159,11 @@ def cluster_mix(
     points ``[G, N, C]``, centers ``[G, M, C]``, values ``[G, N, D]``, center_values ``[G, M, D]``,
     alpha and beta scalars (``[1]``) -> (mixed values ``[G, N, D]``, centre index per point ``[G, N]``).
     """
+    backend = backend or _backend
+    if backend == "triton":
+        from . import cluster_kernels
+
+        return cluster_kernels.cluster_mix(points, centers, values, center_values, alpha, beta)
     sim = torch.sigmoid(beta + alpha * cosine_similarity(centers, points))
     best, index = assign(sim)
     clusters = aggregate(values, center_values, index, backend)
@@ -157,5 +183,10 @@ def cluster_pool(
     -> (pooled values ``[G, M, D]``, centre index per point ``[G, N]``). Only the assignment (an
     argmax) depends on ``points`` and ``centers``, so no gradient reaches them.
     """
+    backend = backend or _backend
+    if backend == "triton":
+        from . import cluster_kernels
+
+        return cluster_kernels.cluster_pool(points, centers, values, center_values)
     index = cosine_similarity(centers.detach(), points.detach()).argmax(dim=1)
     return aggregate(values, center_values, index, backend), index

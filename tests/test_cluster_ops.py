@@ -16,7 +16,7 @@ REQUIRE_SCATTER = os.environ.get("FEC_REQUIRE_TORCH_SCATTER") == "1"
 def _backends():
     params = [pytest.param("torch", id="torch")]
     marks = []
-    if "torch_scatter" not in cluster_ops.available_scatter_backends() and not REQUIRE_SCATTER:
+    if "torch_scatter" not in cluster_ops.available_backends() and not REQUIRE_SCATTER:
         marks = [pytest.mark.skip(reason="torch-scatter not installed (pip install 'fec-backbone[scatter]')")]
     params.append(pytest.param("torch_scatter", id="torch_scatter", marks=marks))
     return params
@@ -96,24 +96,24 @@ def test_assignment_is_a_partition():
 
 
 def test_backends_agree_and_selection():
-    if "torch_scatter" not in cluster_ops.available_scatter_backends():
+    if "torch_scatter" not in cluster_ops.available_backends():
         if REQUIRE_SCATTER:
             pytest.fail("FEC_REQUIRE_TORCH_SCATTER=1 but torch-scatter is not importable")
         with pytest.raises(ImportError, match="torch-scatter"):
-            cluster_ops.set_scatter_backend("torch_scatter")
+            cluster_ops.set_backend("torch_scatter")
         return
     x, v, alpha, beta = _maps(dtype=torch.float64)
     a = _ours_mix(x, v, alpha, beta, (4, 4), "torch")
     b = _ours_mix(x, v, alpha, beta, (4, 4), "torch_scatter")
     assert rel_err(a, b) < 1e-12
-    previous = cluster_ops.get_scatter_backend()
+    previous = cluster_ops.get_backend()
     try:
-        cluster_ops.set_scatter_backend("torch_scatter")
-        assert cluster_ops.get_scatter_backend() == "torch_scatter"
+        cluster_ops.set_backend("torch_scatter")
+        assert cluster_ops.get_backend() == "torch_scatter"
     finally:
-        cluster_ops.set_scatter_backend(previous)
+        cluster_ops.set_backend(previous)
 
 
 def test_unknown_backend_rejected():
-    with pytest.raises(ValueError, match="unknown scatter backend"):
-        cluster_ops.set_scatter_backend("cuda_magic")
+    with pytest.raises(ValueError, match="unknown clustering backend"):
+        cluster_ops.set_backend("cuda_magic")

@@ -1,0 +1,368 @@
+"""Fused Triton kernels for the clustering step, with autograd (the ``"triton"`` backend of
+:mod:`fec_backbone.cluster_ops`).
+
+One program owns one group ``g`` (a head of a region) and streams its ``N`` points in tiles, so the
+similarity matrix, the one-hot mask and the per-point normalised features never reach memory:
+
+* ``_assign_kernel``: cosine similarity to the ``M`` centres, argmax, and the cluster sums and member
+  counts, accumulated in registers -> centre index and chosen cosine per point ``[G, N]``, clusters
+  ``[G, M, D]``, counts ``[G, M]``.
+* ``_gather_kernel``: ``out[g, n] = scale[g, n] * table[g, index[g, n]]``; the dispatch of the forward
+  pass (scale = the sigmoid similarity) and the value gradient of the backward pass (scale = 1).
+* ``_mix_backward_kernel``: gradients of points, centres, alpha and beta and of the clusters.
+
+Arithmetic runs in float32 (float64 for float64 inputs), whatever the storage dtype. Every program
+writes only its own group, so results are deterministic. The ops are ``torch.library`` custom ops, so
+``torch.compile(fullgraph=True)`` keeps them whole. Without a GPU they run under Triton's interpreter
+(``TRITON_INTERPRET=1`` set before this module is imported); the tests check them that way against
+the plain path.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["cluster_mix", "cluster_pool", "interpreting"]
+
+_EPS = 1e-12  # F.normalize's clamp on the norm
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _unit_rows(x, eps):
+    """Rows of ``x`` scaled to unit L2 norm (norm clamped at ``eps``), and the clamped norms."""
+    norm = tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), eps)
+    return x / norm[:, None], norm
+
+
+@triton.jit
+def _assign_kernel(
+    points_ptr, centers_ptr, values_ptr, center_values_ptr, alpha_ptr, beta_ptr,
+    index_ptr, cos_ptr, clusters_ptr, counts_ptr,
+    N, M, C, D, eps,
+    MIX: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    g = tl.program_id(0).to(tl.int64)
+    rows_m = tl.arange(0, BM)
+    cols_c = tl.arange(0, BC)
+    cols_d = tl.arange(0, BD)
+    valid_m = rows_m < M
+    centers = tl.load(
+        centers_ptr + g * M * C + rows_m[:, None] * C + cols_c[None, :],
+        mask=valid_m[:, None] & (cols_c[None, :] < C), other=0.0,
+    ).to(ACC)
+    unit_centers, _ = _unit_rows(centers, eps)
+    if MIX:
+        alpha = tl.load(alpha_ptr).to(ACC)
+        beta = tl.load(beta_ptr).to(ACC)
+    sums = tl.zeros((BM, BD), dtype=ACC)
+    counts = tl.zeros((BM,), dtype=ACC)
+    for start in range(0, N, BN):
+        rows_n = start + tl.arange(0, BN)
+        valid_n = rows_n < N
+        pts = tl.load(
+            points_ptr + g * N * C + rows_n[:, None] * C + cols_c[None, :],
+            mask=valid_n[:, None] & (cols_c[None, :] < C), other=0.0,
+        ).to(ACC)
+        unit_pts, _ = _unit_rows(pts, eps)
+        cos = tl.dot(unit_pts, tl.trans(unit_centers), input_precision="ieee", out_dtype=ACC)  # [BN, BM]
+        score = cos
+        if MIX:
+            score = tl.sigmoid(beta + alpha * cos)
+        score = tl.where(valid_m[None, :], score, float("-inf"))
+        idx = tl.argmax(score, axis=1)
+        chosen = rows_m[None, :] == idx[:, None]
+        best_cos = tl.sum(tl.where(chosen, cos, 0.0), axis=1)
+        tl.store(index_ptr + g * N + rows_n, idx.to(tl.int64), mask=valid_n)
+        tl.store(cos_ptr + g * N + rows_n, best_cos, mask=valid_n)
+        onehot = (chosen & valid_n[:, None]).to(ACC)
+        vals = tl.load(
+            values_ptr + g * N * D + rows_n[:, None] * D + cols_d[None, :],
+            mask=valid_n[:, None] & (cols_d[None, :] < D), other=0.0,
+        ).to(ACC)
+        sums += tl.dot(tl.trans(onehot), vals, input_precision="ieee", out_dtype=ACC)
+        counts += tl.sum(onehot, axis=0)
+    md_mask = valid_m[:, None] & (cols_d[None, :] < D)
+    md_offs = g * M * D + rows_m[:, None] * D + cols_d[None, :]
+    own = tl.load(center_values_ptr + md_offs, mask=md_mask, other=0.0).to(ACC)
+    tl.store(clusters_ptr + md_offs, (sums + own) / (counts[:, None] + 1.0), mask=md_mask)
+    tl.store(counts_ptr + g * M + rows_m, counts, mask=valid_m)
+
+
+@triton.jit
+def _gather_kernel(
+    table_ptr, index_ptr, cos_ptr, alpha_ptr, beta_ptr, out_ptr,
+    N, M, D,
+    SCALE: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, ACC: tl.constexpr,
+):
+    g = tl.program_id(0).to(tl.int64)
+    rows_n = tl.program_id(1) * BN + tl.arange(0, BN)
+    cols_d = tl.arange(0, BD)
+    valid_n = rows_n < N
+    nd_mask = valid_n[:, None] & (cols_d[None, :] < D)
+    idx = tl.load(index_ptr + g * N + rows_n, mask=valid_n, other=0)
+    picked = tl.load(table_ptr + g * M * D + idx[:, None] * D + cols_d[None, :], mask=nd_mask, other=0.0).to(ACC)
+    if SCALE:
+        alpha = tl.load(alpha_ptr).to(ACC)
+        beta = tl.load(beta_ptr).to(ACC)
+        cos = tl.load(cos_ptr + g * N + rows_n, mask=valid_n, other=0.0).to(ACC)
+        picked = picked * tl.sigmoid(beta + alpha * cos)[:, None]
+    tl.store(out_ptr + g * N * D + rows_n[:, None] * D + cols_d[None, :], picked, mask=nd_mask)
+
+
+@triton.jit
+def _mix_backward_kernel(
+    grad_ptr, points_ptr, centers_ptr, clusters_ptr, index_ptr, cos_ptr, counts_ptr, alpha_ptr, beta_ptr,
+    grad_points_ptr, grad_centers_ptr, grad_clusters_ptr, grad_ab_ptr,
+    N, M, C, D, eps,
+    BN: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr, ACC: tl.constexpr,
+):
+    g = tl.program_id(0).to(tl.int64)
+    rows_m = tl.arange(0, BM)
+    cols_c = tl.arange(0, BC)
+    cols_d = tl.arange(0, BD)
+    valid_m = rows_m < M
+    mc_mask = valid_m[:, None] & (cols_c[None, :] < C)
+    mc_offs = g * M * C + rows_m[:, None] * C + cols_c[None, :]
+    centers = tl.load(centers_ptr + mc_offs, mask=mc_mask, other=0.0).to(ACC)
+    unit_centers, center_norm = _unit_rows(centers, eps)
+    alpha = tl.load(alpha_ptr).to(ACC)
+    beta = tl.load(beta_ptr).to(ACC)
+    grad_clusters = tl.zeros((BM, BD), dtype=ACC)
+    grad_unit_centers = tl.zeros((BM, BC), dtype=ACC)
+    grad_cos_times_cos = tl.zeros((BM,), dtype=ACC)
+    grad_alpha = tl.zeros((BN,), dtype=ACC)
+    grad_beta = tl.zeros((BN,), dtype=ACC)
+    for start in range(0, N, BN):
+        rows_n = start + tl.arange(0, BN)
+        valid_n = rows_n < N
+        nd_mask = valid_n[:, None] & (cols_d[None, :] < D)
+        nc_mask = valid_n[:, None] & (cols_c[None, :] < C)
+        idx = tl.load(index_ptr + g * N + rows_n, mask=valid_n, other=0)
+        cos = tl.load(cos_ptr + g * N + rows_n, mask=valid_n, other=0.0).to(ACC)
+        sim = tl.sigmoid(beta + alpha * cos)
+        onehot = ((rows_m[None, :] == idx[:, None]) & valid_n[:, None]).to(ACC)
+        grad = tl.load(grad_ptr + g * N * D + rows_n[:, None] * D + cols_d[None, :], mask=nd_mask, other=0.0).to(ACC)
+        cluster = tl.load(clusters_ptr + g * M * D + idx[:, None] * D + cols_d[None, :], mask=nd_mask, other=0.0)
+        grad_clusters += tl.dot(tl.trans(onehot), grad * sim[:, None], input_precision="ieee", out_dtype=ACC)
+        grad_logit = tl.where(valid_n, tl.sum(grad * cluster, axis=1) * sim * (1.0 - sim), 0.0)
+        grad_alpha += grad_logit * cos
+        grad_beta += grad_logit
+        grad_cos = grad_logit * alpha
+        pts = tl.load(points_ptr + g * N * C + rows_n[:, None] * C + cols_c[None, :], mask=nc_mask, other=0.0).to(ACC)
+        unit_pts, pts_norm = _unit_rows(pts, eps)
+        own_center = tl.dot(onehot, unit_centers, input_precision="ieee", out_dtype=ACC)
+        grad_pts = grad_cos[:, None] * (own_center - cos[:, None] * unit_pts) / pts_norm[:, None]
+        tl.store(grad_points_ptr + g * N * C + rows_n[:, None] * C + cols_c[None, :], grad_pts, mask=nc_mask)
+        grad_unit_centers += tl.dot(tl.trans(onehot), grad_cos[:, None] * unit_pts, input_precision="ieee", out_dtype=ACC)
+        grad_cos_times_cos += tl.sum(onehot * (grad_cos * cos)[:, None], axis=0)
+    grad_centers = (grad_unit_centers - grad_cos_times_cos[:, None] * unit_centers) / center_norm[:, None]
+    tl.store(grad_centers_ptr + mc_offs, grad_centers, mask=mc_mask)
+    counts = tl.load(counts_ptr + g * M + rows_m, mask=valid_m, other=0.0)
+    md_mask = valid_m[:, None] & (cols_d[None, :] < D)
+    tl.store(
+        grad_clusters_ptr + g * M * D + rows_m[:, None] * D + cols_d[None, :],
+        grad_clusters / (counts[:, None] + 1.0), mask=md_mask,
+    )
+    tl.store(grad_ab_ptr + g * 2, tl.sum(grad_alpha, axis=0))
+    tl.store(grad_ab_ptr + g * 2 + 1, tl.sum(grad_beta, axis=0))
+
+
+def _block(n: int) -> int:
+    """A power-of-two tile side of at least 16 (``tl.dot``'s minimum) that covers ``n``."""
+    return max(16, triton.next_power_of_2(n))
+
+
+def _acc(dtype: torch.dtype) -> Tuple[torch.dtype, "tl.dtype"]:
+    """The accumulation dtype for a storage dtype, for torch and for Triton."""
+    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+
+
+def _check_device(*tensors: torch.Tensor) -> None:
+    for t in tensors:
+        if t.device.type != "cuda" and not interpreting():
+            raise RuntimeError(
+                f"the 'triton' clustering backend runs on CUDA tensors, got a {t.device.type} tensor; "
+                "use the 'torch' backend here (fec_backbone.cluster_ops.set_backend('torch')), or set "
+                "TRITON_INTERPRET=1 before importing fec_backbone to run the kernels in Triton's interpreter"
+            )
+
+
+def _tile_rows(m: int) -> int:
+    """Points per tile: keep the ``[BN, BM]`` similarity tile at about 4k elements."""
+    return max(16, min(128, 4096 // _block(m)))
+
+
+def _assign(points, centers, values, center_values, alpha, beta, mix: bool):
+    g, n, c = points.shape
+    m, d = centers.shape[1], values.shape[-1]
+    acc_torch, acc_tl = _acc(points.dtype)
+    index = torch.empty(g, n, dtype=torch.int64, device=points.device)
+    cos = torch.empty(g, n, dtype=acc_torch, device=points.device)
+    clusters = torch.empty(g, m, d, dtype=acc_torch, device=points.device)
+    counts = torch.empty(g, m, dtype=acc_torch, device=points.device)
+    if g:
+        _assign_kernel[(g,)](
+            points, centers, values, center_values, alpha, beta, index, cos, clusters, counts,
+            n, m, c, d, _EPS,
+            MIX=mix, BN=_tile_rows(m), BM=_block(m), BC=_block(c), BD=_block(d), ACC=acc_tl,
+        )
+    return index, cos, clusters, counts
+
+
+def _gather(table, index, cos: Optional[torch.Tensor], alpha, beta, dtype: torch.dtype) -> torch.Tensor:
+    g, m, d = table.shape
+    n = index.shape[1]
+    out = torch.empty(g, n, d, dtype=dtype, device=table.device)
+    if g and n:
+        bn = 64
+        _gather_kernel[(g, triton.cdiv(n, bn))](
+            table, index, cos if cos is not None else index, alpha, beta, out, n, m, d,
+            SCALE=cos is not None, BN=bn, BD=_block(d), ACC=_acc(table.dtype)[1],
+        )
+    return out
+
+
+def _contiguous(*tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    return tuple(t.contiguous() for t in tensors)
+
+
+@torch.library.custom_op("fec::triton_cluster_mix", mutates_args=())
+def _mix_op(
+    points: torch.Tensor, centers: torch.Tensor, values: torch.Tensor, center_values: torch.Tensor,
+    alpha: torch.Tensor, beta: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (out ``[G, N, D]``, index ``[G, N]``, chosen cosine ``[G, N]``, clusters ``[G, M, D]``,
+    counts ``[G, M]``); the last three are kept for the backward pass."""
+    _check_device(points, centers, values, center_values, alpha, beta)
+    points, centers, values, center_values, alpha, beta = _contiguous(
+        points, centers, values, center_values, alpha, beta
+    )
+    index, cos, clusters, counts = _assign(points, centers, values, center_values, alpha, beta, mix=True)
+    return _gather(clusters, index, cos, alpha, beta, values.dtype), index, cos, clusters, counts
+
+
+@_mix_op.register_fake
+def _(points, centers, values, center_values, alpha, beta):
+    g, n, _ = points.shape
+    m, d = centers.shape[1], values.shape[-1]
+    acc = _acc(points.dtype)[0]
+    return (
+        values.new_empty(g, n, d),
+        points.new_empty(g, n, dtype=torch.int64),
+        points.new_empty(g, n, dtype=acc),
+        points.new_empty(g, m, d, dtype=acc),
+        points.new_empty(g, m, dtype=acc),
+    )
+
+
+@torch.library.custom_op("fec::triton_cluster_mix_backward", mutates_args=())
+def _mix_backward_op(
+    grad: torch.Tensor, points: torch.Tensor, centers: torch.Tensor, clusters: torch.Tensor,
+    index: torch.Tensor, cos: torch.Tensor, counts: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> gradients of (points, centers, values, center_values, alpha, beta)."""
+    grad, points, centers, alpha, beta = _contiguous(grad, points, centers, alpha, beta)
+    g, n, c = points.shape
+    m, d = clusters.shape[1:]
+    grad_points = torch.empty_like(points)
+    grad_centers = torch.empty_like(centers)
+    grad_clusters = torch.empty_like(clusters)
+    grad_ab = torch.zeros(g, 2, dtype=clusters.dtype, device=points.device)
+    if g:
+        _mix_backward_kernel[(g,)](
+            grad, points, centers, clusters, index, cos, counts, alpha, beta,
+            grad_points, grad_centers, grad_clusters, grad_ab,
+            n, m, c, d, _EPS,
+            BN=_tile_rows(m), BM=_block(m), BC=_block(c), BD=_block(d), ACC=_acc(points.dtype)[1],
+        )
+    grad_values = _gather(grad_clusters, index, None, alpha, beta, grad.dtype)
+    grad_alpha, grad_beta = (grad_ab[:, i].sum().reshape(alpha.shape).to(alpha.dtype) for i in (0, 1))
+    return grad_points, grad_centers, grad_values, grad_clusters.to(grad.dtype), grad_alpha, grad_beta
+
+
+@_mix_backward_op.register_fake
+def _(grad, points, centers, clusters, index, cos, counts, alpha, beta):
+    return (
+        torch.empty_like(points),
+        torch.empty_like(centers),
+        torch.empty_like(grad),
+        grad.new_empty(clusters.shape),
+        torch.empty_like(alpha),
+        torch.empty_like(beta),
+    )
+
+
+def _mix_setup(ctx, inputs, output) -> None:
+    points, centers, _, center_values, alpha, beta = inputs
+    _, index, cos, clusters, counts = output
+    ctx.save_for_backward(points, centers, clusters, index, cos, counts, alpha, beta)
+    ctx.center_values_dtype = center_values.dtype
+
+
+def _mix_backward(ctx, grad_out, *_unused):
+    grads = _mix_backward_op(grad_out, *ctx.saved_tensors)
+    return grads[:3] + (grads[3].to(ctx.center_values_dtype),) + grads[4:]
+
+
+_mix_op.register_autograd(_mix_backward, setup_context=_mix_setup)
+
+
+@torch.library.custom_op("fec::triton_cluster_pool", mutates_args=())
+def _pool_op(
+    points: torch.Tensor, centers: torch.Tensor, values: torch.Tensor, center_values: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (pooled ``[G, M, D]``, index ``[G, N]``, counts ``[G, M]``)."""
+    _check_device(points, centers, values, center_values)
+    points, centers, values, center_values = _contiguous(points, centers, values, center_values)
+    index, _, clusters, counts = _assign(points, centers, values, center_values, points, points, mix=False)
+    return clusters.to(values.dtype), index, counts
+
+
+@_pool_op.register_fake
+def _(points, centers, values, center_values):
+    g, n, _ = points.shape
+    m, d = centers.shape[1], values.shape[-1]
+    return (
+        values.new_empty(g, m, d),
+        points.new_empty(g, n, dtype=torch.int64),
+        points.new_empty(g, m, dtype=_acc(points.dtype)[0]),
+    )
+
+
+def _pool_setup(ctx, inputs, output) -> None:
+    _, index, counts = output
+    ctx.save_for_backward(index, counts)
+    ctx.value_dtype = inputs[2].dtype
+
+
+def _pool_backward(ctx, grad_out, *_unused):
+    index, counts = ctx.saved_tensors
+    grad_clusters = grad_out / (counts.unsqueeze(-1) + 1.0).to(grad_out.dtype)
+    g, n = index.shape
+    grad_values = grad_clusters.gather(1, index.unsqueeze(-1).expand(g, n, grad_clusters.shape[-1]))
+    return None, None, grad_values.to(ctx.value_dtype), grad_clusters
+
+
+_pool_op.register_autograd(_pool_backward, setup_context=_pool_setup)
+
+
+def cluster_mix(points, centers, values, center_values, alpha, beta) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fused :func:`fec_backbone.cluster_ops.cluster_mix`: same arguments and results."""
+    out, index, *_ = _mix_op(points, centers, values, center_values, alpha, beta)
+    return out, index
+
+
+def cluster_pool(points, centers, values, center_values) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fused :func:`fec_backbone.cluster_ops.cluster_pool`: same arguments and results."""
+    out, index, _ = _pool_op(points.detach(), centers.detach(), values, center_values)
+    return out, index

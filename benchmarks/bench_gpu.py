@@ -1,5 +1,6 @@
-"""GPU benchmark: FEC-S (reference formulation, ours eager, ours compiled) beside timm's resnet18 and
-poolformer_s12, in one run, so ratios hold whatever the card.
+"""GPU benchmark: FEC-S (reference formulation, ours eager and compiled, each with the plain and the fused
+Triton clustering backend) beside timm's resnet18 and poolformer_s12, in one run, so ratios hold
+whatever the card.
 
 Settings (as in the performance issue): bf16 autocast, channels_last, 224 px; a training step with
 AdamW at batch 128, inference at batch 256; plus FEC-S at detection resolution (800x1344, batch 2,
@@ -7,6 +8,7 @@ detection preset): training-step time and peak memory, reference vs ours.
 
     python benchmarks/bench_gpu.py                 # on the GPU machine, about 5 minutes
     python benchmarks/bench_gpu.py --smoke         # tiny sizes on any device, checks the script runs
+    python benchmarks/bench_gpu.py --models ours ours+triton   # a subset of the rows
 
 Prints one table; with ``--json PATH`` also writes the figures.
 """
@@ -27,7 +29,13 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 import timm  # noqa: E402
 
 import fec_backbone  # noqa: E402,F401
+from fec_backbone import cluster_ops  # noqa: E402
 from reference_fec import reference_model  # noqa: E402
+
+MODELS = ("reference", "ours", "ours+compile", "ours+triton", "ours+triton+compile", "resnet18", "poolformer_s12")
+#: The default rows: each compiled row costs a compile for training and one for inference, so the
+#: second compiled variant is left to ``--models`` to keep one run under 8 minutes.
+DEFAULT_MODELS = tuple(m for m in MODELS if m != "ours+triton+compile")
 
 
 def _sync(device: torch.device) -> None:
@@ -54,19 +62,24 @@ def _model(kind: str, preset: str = "classification") -> torch.nn.Module:
     if kind == "reference":
         layout = fec_backbone.PRESETS[preset]
         return reference_model("fec_small", proposals=layout["proposals"], folds=layout["folds"])
-    if kind in ("ours", "ours+compile"):
+    if kind.startswith("ours"):
         return timm.create_model("fec_small", preset=preset)
     return timm.create_model(kind)
 
 
 def _prepare(kind: str, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     model = model.to(device, memory_format=torch.channels_last)
-    if kind == "ours+compile":
+    if kind.endswith("+compile"):
         model = torch.compile(model, fullgraph=True)
     return model
 
 
+def _backend(kind: str) -> str:
+    return "triton" if "+triton" in kind else "torch"
+
+
 def train_case(kind: str, device: torch.device, batch: int, size: tuple, preset: str, warmup: int, iters: int):
+    cluster_ops.set_backend(_backend(kind))
     model = _prepare(kind, _model(kind, preset), device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, *size, device=device).to(memory_format=torch.channels_last)
@@ -85,6 +98,7 @@ def train_case(kind: str, device: torch.device, batch: int, size: tuple, preset:
 
 
 def infer_case(kind: str, device: torch.device, batch: int, size: tuple, warmup: int, iters: int):
+    cluster_ops.set_backend(_backend(kind))
     model = _prepare(kind, _model(kind), device).eval()
     x = torch.randn(batch, 3, *size, device=device).to(memory_format=torch.channels_last)
 
@@ -102,6 +116,8 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a couple of iterations")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(DEFAULT_MODELS),
+                        help="rows to measure (default: all but ours+triton+compile)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
@@ -113,29 +129,36 @@ def main(argv: List[str] | None = None) -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"device {name}, torch {torch.__version__}, timm {timm.__version__}, bf16 autocast, channels_last")
     rows: Dict[str, Dict[str, Dict[str, float]]] = {}
-    for kind in ("reference", "ours", "ours+compile", "resnet18", "poolformer_s12"):
+    began = time.perf_counter()
+    for kind in args.models:
         rows[kind] = {
             "train": train_case(kind, device, train_b, size, "classification", warmup, iters),
             "infer": infer_case(kind, device, infer_b, size, warmup, iters),
         }
         torch._dynamo.reset()
-        print(f"  measured {kind}", flush=True)
+        print(f"  measured {kind} ({time.perf_counter() - began:.0f} s so far)", flush=True)
     det_rows = {
         kind: train_case(kind, device, 2, det, "detection", max(1, warmup // 3), max(1, iters // 3))
-        for kind in ("reference", "ours")
+        for kind in ("reference", "ours", "ours+triton")
+        if kind in args.models
     }
     print(f"\n{'model':<18}{'train img/s':>12}{'train MiB':>11}{'infer img/s':>13}{'infer MiB':>11}")
     for kind, r in rows.items():
         print(f"{kind:<18}{r['train']['img_s']:>12.0f}{r['train']['peak_mib']:>11.0f}"
               f"{r['infer']['img_s']:>13.0f}{r['infer']['peak_mib']:>11.0f}")
-    pf = rows["poolformer_s12"]
-    for kind in ("ours", "ours+compile"):
-        print(f"{kind} / poolformer_s12: train {rows[kind]['train']['img_s'] / pf['train']['img_s']:.2f}x, "
-              f"infer {rows[kind]['infer']['img_s'] / pf['infer']['img_s']:.2f}x")
-    ref, ours = det_rows["reference"], det_rows["ours"]
-    print(f"\ndetection {det[0]}x{det[1]} batch 2 train step: reference {ref['seconds'] * 1e3:.0f} ms / "
-          f"{ref['peak_mib']:.0f} MiB, ours {ours['seconds'] * 1e3:.0f} ms / {ours['peak_mib']:.0f} MiB "
-          f"-> {ref['seconds'] / ours['seconds']:.2f}x faster, memory ratio {ours['peak_mib'] / ref['peak_mib']:.2f}")
+    if "poolformer_s12" in rows:
+        pf = rows["poolformer_s12"]
+        for kind in (k for k in rows if k.startswith("ours")):
+            print(f"{kind} / poolformer_s12: train {rows[kind]['train']['img_s'] / pf['train']['img_s']:.2f}x, "
+                  f"infer {rows[kind]['infer']['img_s'] / pf['infer']['img_s']:.2f}x")
+    if "reference" in det_rows:
+        ref = det_rows["reference"]
+        print(f"\ndetection {det[0]}x{det[1]} batch 2 train step: reference {ref['seconds'] * 1e3:.0f} ms / "
+              f"{ref['peak_mib']:.0f} MiB")
+        for kind in (k for k in det_rows if k != "reference"):
+            r = det_rows[kind]
+            print(f"  {kind}: {r['seconds'] * 1e3:.0f} ms / {r['peak_mib']:.0f} MiB -> "
+                  f"{ref['seconds'] / r['seconds']:.2f}x faster, memory ratio {r['peak_mib'] / ref['peak_mib']:.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"classification": rows, "detection": det_rows}, f, indent=2)

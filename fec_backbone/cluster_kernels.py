@@ -1,21 +1,29 @@
 """Fused Triton kernels for the clustering step, with autograd (the ``"triton"`` backend of
 :mod:`fec_backbone.cluster_ops`).
 
-One program owns one group ``g`` (a head of a region) and streams its ``N`` points in tiles, so the
-similarity matrix, the one-hot mask and the per-point normalised features never reach memory:
+The ``[G, M, N]`` similarity matrix, the one-hot mask and the normalised features never reach memory.
 
-* ``_assign_kernel``: cosine similarity to the ``M`` centres, argmax, and the cluster sums and member
-  counts, accumulated in registers -> centre index and chosen cosine per point ``[G, N]``, clusters
-  ``[G, M, D]``, counts ``[G, M]``.
+Clustering blocks with few centres (``M * max(C, D)`` up to 4096 after padding to powers of two, e.g.
+100 centres of 24 channels): one program owns one group ``g`` (a head of a region),
+streams its ``N`` points in tiles and keeps the ``M`` centres and cluster sums in registers:
+
+* ``_assign_kernel``: cosine similarity to the centres, sigmoid, argmax, and the cluster sums and
+  member counts -> centre index and chosen cosine per point ``[G, N]``, clusters ``[G, M, D]``,
+  counts ``[G, M]``.
 * ``_gather_kernel``: ``out[g, n] = scale[g, n] * table[g, index[g, n]]``; the dispatch of the forward
   pass (scale = the sigmoid similarity) and the value gradient of the backward pass (scale = 1).
 * ``_mix_backward_kernel``: gradients of points, centres, alpha and beta and of the clusters.
 
+Clustering pools (a centre per 2x2 pixels: hundreds to thousands of centres) and blocks with more
+centres: ``_argmax_kernel`` tiles points and centres and keeps a running best per point, so only the
+index ``[G, N]`` is written; aggregation and dispatch are the plain scatter/gather ops, and for blocks
+the chosen similarity is recomputed per point (``O(N*C)``), which gives the same gradients.
+
 Arithmetic runs in float32 (float64 for float64 inputs), whatever the storage dtype. Every program
 writes only its own group, so results are deterministic. The ops are ``torch.library`` custom ops, so
 ``torch.compile(fullgraph=True)`` keeps them whole. Without a GPU they run under Triton's interpreter
-(``TRITON_INTERPRET=1`` set before this module is imported); the tests check them that way against
-the plain path.
+(``TRITON_INTERPRET=1`` in the environment before triton is first imported, which importing timm
+does); the tests check them that way against the plain path.
 """
 from __future__ import annotations
 
@@ -44,12 +52,50 @@ def _unit_rows(x, eps):
 
 
 @triton.jit
+def _argmax_kernel(
+    points_ptr, centers_ptr, alpha_ptr, beta_ptr, index_ptr,
+    N, M, C, eps,
+    SIGMOID: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, ACC: tl.constexpr,
+):
+    g = tl.program_id(0).to(tl.int64)
+    rows_n = tl.program_id(1) * BN + tl.arange(0, BN)
+    cols_c = tl.arange(0, BC)
+    valid_n = rows_n < N
+    pts = tl.load(
+        points_ptr + g * N * C + rows_n[:, None] * C + cols_c[None, :],
+        mask=valid_n[:, None] & (cols_c[None, :] < C), other=0.0,
+    ).to(ACC)
+    unit_pts, _ = _unit_rows(pts, eps)
+    if SIGMOID:
+        alpha = tl.load(alpha_ptr).to(ACC)
+        beta = tl.load(beta_ptr).to(ACC)
+    best = tl.full((BN,), float("-inf"), dtype=ACC)
+    best_idx = tl.zeros((BN,), dtype=tl.int32)
+    for start in range(0, M, BM):
+        rows_m = start + tl.arange(0, BM)
+        centers = tl.load(
+            centers_ptr + g * M * C + rows_m[:, None] * C + cols_c[None, :],
+            mask=(rows_m[:, None] < M) & (cols_c[None, :] < C), other=0.0,
+        ).to(ACC)
+        unit_centers, _ = _unit_rows(centers, eps)
+        score = tl.dot(unit_pts, tl.trans(unit_centers), input_precision="ieee", out_dtype=ACC)
+        if SIGMOID:
+            score = tl.sigmoid(beta + alpha * score)
+        score = tl.where(rows_m[None, :] < M, score, float("-inf"))
+        tile_best = tl.max(score, axis=1)
+        tile_idx = tl.argmax(score, axis=1) + start
+        better = tile_best > best  # strict: on a tie the earlier centre stays, as torch's max/argmax
+        best = tl.where(better, tile_best, best)
+        best_idx = tl.where(better, tile_idx, best_idx)
+    tl.store(index_ptr + g * N + rows_n, best_idx.to(tl.int64), mask=valid_n)
+
+
+@triton.jit
 def _assign_kernel(
     points_ptr, centers_ptr, values_ptr, center_values_ptr, alpha_ptr, beta_ptr,
     index_ptr, cos_ptr, clusters_ptr, counts_ptr,
     N, M, C, D, eps,
-    MIX: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr,
-    ACC: tl.constexpr,
+    BN: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr, ACC: tl.constexpr,
 ):
     g = tl.program_id(0).to(tl.int64)
     rows_m = tl.arange(0, BM)
@@ -61,9 +107,8 @@ def _assign_kernel(
         mask=valid_m[:, None] & (cols_c[None, :] < C), other=0.0,
     ).to(ACC)
     unit_centers, _ = _unit_rows(centers, eps)
-    if MIX:
-        alpha = tl.load(alpha_ptr).to(ACC)
-        beta = tl.load(beta_ptr).to(ACC)
+    alpha = tl.load(alpha_ptr).to(ACC)
+    beta = tl.load(beta_ptr).to(ACC)
     sums = tl.zeros((BM, BD), dtype=ACC)
     counts = tl.zeros((BM,), dtype=ACC)
     for start in range(0, N, BN):
@@ -75,10 +120,7 @@ def _assign_kernel(
         ).to(ACC)
         unit_pts, _ = _unit_rows(pts, eps)
         cos = tl.dot(unit_pts, tl.trans(unit_centers), input_precision="ieee", out_dtype=ACC)  # [BN, BM]
-        score = cos
-        if MIX:
-            score = tl.sigmoid(beta + alpha * cos)
-        score = tl.where(valid_m[None, :], score, float("-inf"))
+        score = tl.where(valid_m[None, :], tl.sigmoid(beta + alpha * cos), float("-inf"))
         idx = tl.argmax(score, axis=1)
         chosen = rows_m[None, :] == idx[:, None]
         best_cos = tl.sum(tl.where(chosen, cos, 0.0), axis=1)
@@ -192,8 +234,8 @@ def _check_device(*tensors: torch.Tensor) -> None:
         if t.device.type != "cuda" and not interpreting():
             raise RuntimeError(
                 f"the 'triton' clustering backend runs on CUDA tensors, got a {t.device.type} tensor; "
-                "use the 'torch' backend here (fec_backbone.cluster_ops.set_backend('torch')), or set "
-                "TRITON_INTERPRET=1 before importing fec_backbone to run the kernels in Triton's interpreter"
+                "use the 'torch' backend here (fec_backbone.cluster_ops.set_backend('torch')), or start Python "
+                "with TRITON_INTERPRET=1 in the environment to run the kernels in Triton's (slow) interpreter"
             )
 
 
@@ -202,7 +244,7 @@ def _tile_rows(m: int) -> int:
     return max(16, min(128, 4096 // _block(m)))
 
 
-def _assign(points, centers, values, center_values, alpha, beta, mix: bool):
+def _assign(points, centers, values, center_values, alpha, beta):
     g, n, c = points.shape
     m, d = centers.shape[1], values.shape[-1]
     acc_torch, acc_tl = _acc(points.dtype)
@@ -214,7 +256,7 @@ def _assign(points, centers, values, center_values, alpha, beta, mix: bool):
         _assign_kernel[(g,)](
             points, centers, values, center_values, alpha, beta, index, cos, clusters, counts,
             n, m, c, d, _EPS,
-            MIX=mix, BN=_tile_rows(m), BM=_block(m), BC=_block(c), BD=_block(d), ACC=acc_tl,
+            BN=_tile_rows(m), BM=_block(m), BC=_block(c), BD=_block(d), ACC=acc_tl,
         )
     return index, cos, clusters, counts
 
@@ -247,7 +289,7 @@ def _mix_op(
     points, centers, values, center_values, alpha, beta = _contiguous(
         points, centers, values, center_values, alpha, beta
     )
-    index, cos, clusters, counts = _assign(points, centers, values, center_values, alpha, beta, mix=True)
+    index, cos, clusters, counts = _assign(points, centers, values, center_values, alpha, beta)
     return _gather(clusters, index, cos, alpha, beta, values.dtype), index, cos, clusters, counts
 
 
@@ -317,52 +359,64 @@ def _mix_backward(ctx, grad_out, *_unused):
 _mix_op.register_autograd(_mix_backward, setup_context=_mix_setup)
 
 
-@torch.library.custom_op("fec::triton_cluster_pool", mutates_args=())
-def _pool_op(
-    points: torch.Tensor, centers: torch.Tensor, values: torch.Tensor, center_values: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> (pooled ``[G, M, D]``, index ``[G, N]``, counts ``[G, M]``)."""
-    _check_device(points, centers, values, center_values)
-    points, centers, values, center_values = _contiguous(points, centers, values, center_values)
-    index, _, clusters, counts = _assign(points, centers, values, center_values, points, points, mix=False)
-    return clusters.to(values.dtype), index, counts
+@torch.library.custom_op("fec::triton_nearest_centre", mutates_args=())
+def _nearest_op(points: torch.Tensor, centers: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, sigmoid: bool) -> torch.Tensor:
+    """Index ``[G, N]`` of each point's most similar centre: argmax over ``M`` of the cosine
+    similarity (``sigmoid`` False) or of ``sigmoid(beta + alpha * cosine)`` (True)."""
+    _check_device(points, centers, alpha, beta)
+    points, centers, alpha, beta = _contiguous(points, centers, alpha, beta)
+    g, n, c = points.shape
+    m = centers.shape[1]
+    index = torch.empty(g, n, dtype=torch.int64, device=points.device)
+    if g and n:
+        bn = 64
+        _argmax_kernel[(g, triton.cdiv(n, bn))](
+            points, centers, alpha, beta, index, n, m, c, _EPS,
+            SIGMOID=sigmoid, BN=bn, BM=64, BC=_block(c), ACC=_acc(points.dtype)[1],
+        )
+    return index
 
 
-@_pool_op.register_fake
-def _(points, centers, values, center_values):
-    g, n, _ = points.shape
-    m, d = centers.shape[1], values.shape[-1]
-    return (
-        values.new_empty(g, m, d),
-        points.new_empty(g, n, dtype=torch.int64),
-        points.new_empty(g, m, dtype=_acc(points.dtype)[0]),
-    )
+@_nearest_op.register_fake
+def _(points, centers, alpha, beta, sigmoid):
+    return points.new_empty(points.shape[:2], dtype=torch.int64)
 
 
-def _pool_setup(ctx, inputs, output) -> None:
-    _, index, counts = output
-    ctx.save_for_backward(index, counts)
-    ctx.value_dtype = inputs[2].dtype
+#: The largest padded ``centres x channels`` tile a clustering block keeps in registers (the fused
+#: path); larger blocks go through ``_argmax_kernel`` and the plain aggregation.
+MAX_FUSED_TILE = 4096
 
 
-def _pool_backward(ctx, grad_out, *_unused):
-    index, counts = ctx.saved_tensors
-    grad_clusters = grad_out / (counts.unsqueeze(-1) + 1.0).to(grad_out.dtype)
-    g, n = index.shape
-    grad_values = grad_clusters.gather(1, index.unsqueeze(-1).expand(g, n, grad_clusters.shape[-1]))
-    return None, None, grad_values.to(ctx.value_dtype), grad_clusters
+def _fits_registers(m: int, c: int, d: int) -> bool:
+    return _block(m) * max(_block(c), _block(d)) <= MAX_FUSED_TILE
 
 
-_pool_op.register_autograd(_pool_backward, setup_context=_pool_setup)
+def _chosen_similarity(points, centers, index, alpha, beta) -> torch.Tensor:
+    """``sigmoid(beta + alpha * cos)`` of each point with its centre ``[G, N]``, differentiable: the
+    same value, and the same gradients, as the maximum of the full similarity matrix."""
+    units = torch.nn.functional.normalize(centers, dim=-1)
+    own = units.gather(1, index.unsqueeze(-1).expand(*index.shape, units.shape[-1]))
+    cos = (torch.nn.functional.normalize(points, dim=-1) * own).sum(-1)
+    return torch.sigmoid(beta + alpha * cos)
 
 
 def cluster_mix(points, centers, values, center_values, alpha, beta) -> Tuple[torch.Tensor, torch.Tensor]:
     """Fused :func:`fec_backbone.cluster_ops.cluster_mix`: same arguments and results."""
-    out, index, *_ = _mix_op(points, centers, values, center_values, alpha, beta)
-    return out, index
+    from .cluster_ops import aggregate, dispatch
+
+    if _fits_registers(centers.shape[1], points.shape[-1], values.shape[-1]):
+        out, index, *_ = _mix_op(points, centers, values, center_values, alpha, beta)
+        return out, index
+    detached = (t.detach() for t in (points, centers, alpha, beta))
+    index = _nearest_op(*detached, sigmoid=True)
+    sim = _chosen_similarity(points, centers, index, alpha, beta)
+    return dispatch(aggregate(values, center_values, index, "torch"), sim, index), index
 
 
 def cluster_pool(points, centers, values, center_values) -> Tuple[torch.Tensor, torch.Tensor]:
     """Fused :func:`fec_backbone.cluster_ops.cluster_pool`: same arguments and results."""
-    out, index, _ = _pool_op(points.detach(), centers.detach(), values, center_values)
-    return out, index
+    from .cluster_ops import aggregate
+
+    scalar = points.new_zeros(1)
+    index = _nearest_op(points.detach(), centers.detach(), scalar, scalar, sigmoid=False)
+    return aggregate(values, center_values, index, "torch"), index

@@ -1,7 +1,7 @@
 """The fused Triton clustering kernels equal the plain path: values, indices and every gradient.
 
-Without a GPU the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``, set here before the
-kernels are imported); on a GPU machine the same tests run the compiled kernels on CUDA tensors.
+Without a GPU the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``, set by conftest.py
+before anything imports triton); on a GPU machine the same tests run the compiled kernels on CUDA.
 """
 from __future__ import annotations
 
@@ -9,9 +9,6 @@ import os
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
 
 if os.environ.get("FEC_REQUIRE_TRITON") != "1":
     pytest.importorskip("triton", reason="triton not installed (it ships with torch's CUDA wheels)")
@@ -23,9 +20,11 @@ from helpers import randomize_scalars, rel_err  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-# (groups, points, feature channels, value channels, centres): tiles that do not divide N, one centre
-# tile and several, the model's shapes (24 channels, 16/49/100 centres).
-SHAPES = [(3, 140, 8, 12, 4), (2, 300, 24, 24, 49), (2, 50, 5, 7, 100), (4, 196, 24, 24, 16)]
+# (groups, points, feature channels, value channels, centres): tiles that do not divide N, the model's
+# block shapes (24 channels, 16/49/100 centres), and more centres than a block keeps in registers.
+SHAPES = [(3, 140, 8, 12, 4), (2, 300, 24, 24, 49), (2, 50, 5, 7, 100), (4, 196, 24, 24, 16), (2, 150, 8, 6, 300)]
+# Pools: a centre per 2x2 pixels, so many centre tiles (the stage-2 pool of FEC-S on a 40x40 map).
+POOL_SHAPES = SHAPES[:3] + [(2, 1600, 32, 64, 400)]
 
 
 def _inputs(shape, dtype, seed=0):
@@ -38,6 +37,11 @@ def _inputs(shape, dtype, seed=0):
     alpha = torch.tensor([1.7], dtype=dtype, device=DEVICE, requires_grad=True)
     beta = torch.tensor([-0.3], dtype=dtype, device=DEVICE, requires_grad=True)
     return leaf(g, n, c), leaf(g, m, c), leaf(g, n, d), leaf(g, m, d), alpha, beta
+
+
+def test_shapes_cover_fused_and_tiled_block_paths():
+    paths = {cluster_kernels._fits_registers(m, c, d) for _, _, c, d, m in SHAPES}
+    assert paths == {True, False}
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
@@ -56,7 +60,7 @@ def test_fused_mix_equals_plain_path(shape, dtype, tol):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-@pytest.mark.parametrize("shape", SHAPES[:3], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", POOL_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_fused_pool_equals_plain_path(shape, dtype, tol):
     points, centers, values, center_values, _, _ = _inputs(shape, dtype, seed=1)
     plain, plain_index = cluster_ops.cluster_pool(points, centers, values, center_values, backend="torch")
@@ -68,6 +72,22 @@ def test_fused_pool_equals_plain_path(shape, dtype, tol):
     theirs = torch.autograd.grad(plain, (values, center_values), upstream)
     for a, b in zip(mine, theirs):
         assert rel_err(a, b) < tol
+
+
+@pytest.mark.parametrize("centres", [16, 300])
+def test_ties_go_to_the_first_centre_as_in_torch(centres):
+    """Duplicated centres tie exactly; torch's max/argmax pick the first, across centre tiles too."""
+    points, centers, values, center_values, alpha, beta = (t.detach() for t in _inputs((2, 90, 8, 8, centres), torch.float32))
+    centers[:, centres - 1] = centers[:, 1]
+    centers[:, centres // 2] = centers[:, 1]
+    for mine, theirs in (
+        (cluster_ops.cluster_mix(points, centers, values, center_values, alpha, beta, backend="triton"),
+         cluster_ops.cluster_mix(points, centers, values, center_values, alpha, beta, backend="torch")),
+        (cluster_ops.cluster_pool(points, centers, values, center_values, backend="triton"),
+         cluster_ops.cluster_pool(points, centers, values, center_values, backend="torch")),
+    ):
+        assert (theirs[1] == 1).any()
+        assert torch.equal(mine[1], theirs[1])
 
 
 def test_fused_mix_on_bf16_storage_computes_in_float32():

@@ -391,25 +391,17 @@ def _fits_registers(m: int, c: int, d: int) -> bool:
     return _block(m) * max(_block(c), _block(d)) <= MAX_FUSED_TILE
 
 
-def _chosen_similarity(points, centers, index, alpha, beta) -> torch.Tensor:
-    """``sigmoid(beta + alpha * cos)`` of each point with its centre ``[G, N]``, differentiable: the
-    same value, and the same gradients, as the maximum of the full similarity matrix."""
-    units = torch.nn.functional.normalize(centers, dim=-1)
-    own = units.gather(1, index.unsqueeze(-1).expand(*index.shape, units.shape[-1]))
-    cos = (torch.nn.functional.normalize(points, dim=-1) * own).sum(-1)
-    return torch.sigmoid(beta + alpha * cos)
-
-
 def cluster_mix(points, centers, values, center_values, alpha, beta) -> Tuple[torch.Tensor, torch.Tensor]:
     """Fused :func:`fec_backbone.cluster_ops.cluster_mix`: same arguments and results."""
-    from .cluster_ops import aggregate, dispatch
+    from .cluster_ops import aggregate, chosen_similarity, dispatch
 
     if _fits_registers(centers.shape[1], points.shape[-1], values.shape[-1]):
         out, index, *_ = _mix_op(points, centers, values, center_values, alpha, beta)
         return out, index
     detached = (t.detach() for t in (points, centers, alpha, beta))
     index = _nearest_op(*detached, sigmoid=True)
-    sim = _chosen_similarity(points, centers, index, alpha, beta)
+    units = (torch.nn.functional.normalize(t, dim=-1) for t in (points, centers))
+    sim = chosen_similarity(*units, index, alpha, beta)
     return dispatch(aggregate(values, center_values, index, "torch"), sim, index), index
 
 

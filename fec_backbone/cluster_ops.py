@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 __all__ = [
     "cosine_similarity",
-    "assign",
+    "nearest_centre",
+    "chosen_similarity",
     "aggregate",
     "dispatch",
     "cluster_mix",
@@ -100,13 +101,55 @@ def cosine_similarity(centers: torch.Tensor, points: torch.Tensor) -> torch.Tens
     return torch.bmm(F.normalize(centers, dim=-1), F.normalize(points, dim=-1).transpose(1, 2))
 
 
-def assign(sim: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Hard assignment of each point to its most similar centre.
+#: Points per slice in :func:`nearest_centre`: at least 1024, and few enough that a group's slice of the
+#: similarity matrix holds about 4M entries.
+def _points_per_slice(centres: int) -> int:
+    return max(1024, (1 << 22) // max(centres, 1))
 
-    sim: ``[G, M, N]`` -> (similarity to the chosen centre ``[G, N]``, centre index ``[G, N]``).
-    Gradients flow only into the chosen entries of ``sim``, as with the reference's one-hot mask.
+
+def _best_index(
+    units: torch.Tensor, points: torch.Tensor, alpha: Optional[torch.Tensor], beta: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """Argmax over centres, a slice of points at a time, of unit-vector similarities (detached)."""
+    step = _points_per_slice(units.shape[1])
+    picks = []
+    for i in range(0, points.shape[1], step):
+        sim = torch.bmm(units, points[:, i : i + step].transpose(1, 2))
+        if alpha is not None and beta is not None:
+            sim = torch.sigmoid(beta.detach() + alpha.detach() * sim)
+        picks.append(sim.argmax(dim=1))
+    return torch.cat(picks, dim=1)
+
+
+def nearest_centre(
+    centers: torch.Tensor,
+    points: torch.Tensor,
+    alpha: Optional[torch.Tensor] = None,
+    beta: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Index of each point's most similar centre (the first on ties), without autograd.
+
+    centers: ``[G, M, C]``, points: ``[G, N, C]`` -> ``[G, N]`` (int64). The similarity is the cosine,
+    or ``sigmoid(beta + alpha * cosine)`` when ``alpha`` and ``beta`` are given. The ``[G, M, N]``
+    matrix is formed a slice of points at a time and never kept: a clustering pool has a centre per
+    2x2 pixels, so at detection resolution the whole matrix would take gigabytes. The slicing depends on
+    ``M`` and ``N`` only, never on the batch, so exports and compiled graphs keep a dynamic batch.
     """
-    return sim.max(dim=1)
+    return _best_index(F.normalize(centers.detach(), dim=-1), F.normalize(points.detach(), dim=-1), alpha, beta)
+
+
+def chosen_similarity(
+    unit_points: torch.Tensor, unit_centers: torch.Tensor, index: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor
+) -> torch.Tensor:
+    """``sigmoid(beta + alpha * cosine)`` of each point with its chosen centre, with autograd.
+
+    unit_points ``[G, N, C]`` and unit_centers ``[G, M, C]`` (L2-normalised rows), index ``[G, N]``
+    -> ``[G, N]``. This is the maximum of the full similarity matrix, and its gradients are the
+    maximum's (they reach only the chosen entries), at ``O(N*C)`` memory instead of the ``O(M*N)`` the
+    matrix would keep for backward.
+    """
+    own = unit_centers.gather(1, index.unsqueeze(-1).expand(*index.shape, unit_centers.shape[-1]))
+    return torch.sigmoid(beta + alpha * (unit_points * own).sum(-1))
 
 
 def aggregate(
@@ -164,10 +207,15 @@ def cluster_mix(
         from . import cluster_kernels
 
         return cluster_kernels.cluster_mix(points, centers, values, center_values, alpha, beta)
-    sim = torch.sigmoid(beta + alpha * cosine_similarity(centers, points))
-    best, index = assign(sim)
-    clusters = aggregate(values, center_values, index, backend)
-    return dispatch(clusters, best, index), index
+    if centers.shape[1] > points.shape[-1]:
+        # More centres than channels: the [G, M, N] similarity would outweigh the [G, N, C] features,
+        # so autograd keeps only the chosen entries (faster and leaner from about M > C on the CPU).
+        unit_points, unit_centers = F.normalize(points, dim=-1), F.normalize(centers, dim=-1)
+        index = _best_index(unit_centers.detach(), unit_points.detach(), alpha, beta)
+        best = chosen_similarity(unit_points, unit_centers, index, alpha, beta)
+    else:
+        best, index = torch.sigmoid(beta + alpha * cosine_similarity(centers, points)).max(dim=1)
+    return dispatch(aggregate(values, center_values, index, backend), best, index), index
 
 
 def cluster_pool(
@@ -188,5 +236,5 @@ def cluster_pool(
         from . import cluster_kernels
 
         return cluster_kernels.cluster_pool(points, centers, values, center_values)
-    index = cosine_similarity(centers.detach(), points.detach()).argmax(dim=1)
+    index = nearest_centre(centers, points)
     return aggregate(values, center_values, index, backend), index

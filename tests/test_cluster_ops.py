@@ -43,7 +43,7 @@ def _ours_mix(x, v, alpha, beta, grid, backend):
 
 
 @pytest.mark.parametrize("backend", _backends())
-@pytest.mark.parametrize("grid", [(2, 2), (4, 3), (7, 7)])
+@pytest.mark.parametrize("grid", [(2, 2), (4, 3), (7, 7)])  # 4 centres <= 8 channels: the matrix path; 12, 49: chosen entries
 def test_cluster_mix_matches_reference(backend, grid):
     x, v, alpha, beta = _maps()
     ref = dense_cluster(x, v, grid, alpha, beta)
@@ -87,12 +87,20 @@ def test_dispatch_gathers_and_scales():
     assert torch.equal(out, torch.tensor([[[1.0, 2.0], [1.0, 3.0], [0.5, 1.0]]]))
 
 
-def test_assignment_is_a_partition():
+def test_assignment_is_the_argmax_and_its_similarity_the_max():
     x, v, alpha, beta = _maps()
-    sim = torch.sigmoid(beta + alpha * cluster_ops.cosine_similarity(_tokens(x)[:, :5], _tokens(x)))
-    best, index = cluster_ops.assign(sim)
+    points, centers = _tokens(x), _tokens(x)[:, :5]
+    sim = torch.sigmoid(beta + alpha * cluster_ops.cosine_similarity(centers, points))
+    index = cluster_ops.nearest_centre(centers, points, alpha, beta)
     assert index.shape == (6, 140) and index.min() >= 0 and index.max() < 5
-    assert torch.equal(best, sim.max(dim=1).values)
+    assert torch.equal(index, sim.argmax(dim=1))
+    units = (torch.nn.functional.normalize(t, dim=-1) for t in (points, centers))
+    best = cluster_ops.chosen_similarity(*units, index, alpha, beta)
+    assert rel_err(best, sim.max(dim=1).values) < 1e-6
+    upstream = torch.randn_like(best)
+    for mine, theirs in zip(torch.autograd.grad(best, (x, alpha, beta), upstream),
+                            torch.autograd.grad(sim.max(dim=1).values, (x, alpha, beta), upstream)):
+        assert rel_err(mine, theirs) < 1e-5
 
 
 def test_backends_agree_and_selection():
@@ -117,3 +125,14 @@ def test_backends_agree_and_selection():
 def test_unknown_backend_rejected():
     with pytest.raises(ValueError, match="unknown clustering backend"):
         cluster_ops.set_backend("cuda_magic")
+
+
+def test_nearest_centre_in_slices_equals_the_whole_matrix():
+    """Detection-size pools form the similarity a slice of points at a time: same indices as argmax
+    over the whole matrix (float64, so no near-tie can flip), slices that do not divide N included."""
+    m = 2100  # -> 1997 points per slice
+    points = torch.randn(2, 5000, 24, dtype=torch.float64)
+    centers = torch.randn(2, m, 24, dtype=torch.float64)
+    assert cluster_ops._points_per_slice(m) < points.shape[1]
+    whole = cluster_ops.cosine_similarity(centers, points).argmax(dim=1)
+    assert torch.equal(cluster_ops.nearest_centre(centers, points), whole)

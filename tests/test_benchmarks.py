@@ -1,0 +1,37 @@
+"""The benchmark scripts run end to end (tiny sizes on the CPU), so they work when a GPU is lent.
+
+Only that they run and report every row is checked here; their figures are read by people.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args: str) -> str:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+def test_gpu_benchmark_smoke_reports_every_row(tmp_path):
+    """The triton rows run in Triton's interpreter here (TRITON_INTERPRET=1 from conftest.py)."""
+    figures = tmp_path / "bench.json"
+    models = ["reference", "ours", "ours+triton", "resnet18", "poolformer_s12"]
+    out = _run("benchmarks/bench_gpu.py", "--smoke", "--models", *models, "--json", str(figures))
+    data = json.loads(figures.read_text())
+    assert list(data["classification"]) == models
+    assert list(data["detection"]) == ["reference", "ours", "ours+triton"]
+    for row in data["classification"].values():
+        assert row["train"]["img_s"] > 0 and row["infer"]["img_s"] > 0
+    assert "ours+triton / poolformer_s12" in out and "ours+triton:" in out
+
+
+def test_profile_script_attributes_time_to_model_parts():
+    out = _run("benchmarks/profile_fec.py", "--batch", "2", "--size", "64", "64", "--top", "5")
+    for part in ("cluster mixer", "cluster pool", "mlp", "norm", "stem", "whole step"):
+        assert part in out

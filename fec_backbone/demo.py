@@ -28,7 +28,7 @@ def main() -> None:
             f"fec_small [{preset}] {size[0]}x{size[1]}: logits {tuple(logits.shape)}, "
             f"{grads}/{len(list(model.parameters()))} parameters got gradients, "
             f"forward+backward {time.perf_counter() - start:.2f}s "
-            f"(scatter backend: {cluster_ops.get_backend()}, params {count_parameters(model):,})"
+            f"(clustering backend: {cluster_ops.get_backend()}, params {count_parameters(model):,})"
         )
 
 

@@ -78,7 +78,9 @@ def _backend(kind: str) -> str:
     return "triton" if "+triton" in kind else "torch"
 
 
-def train_case(kind: str, device: torch.device, batch: int, size: tuple, preset: str, warmup: int, iters: int):
+def train_case(
+    kind: str, device: torch.device, batch: int, size: tuple, preset: str, warmup: int, iters: int, bf16: bool = True
+):
     cluster_ops.set_backend(_backend(kind))
     model = _prepare(kind, _model(kind, preset), device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -86,7 +88,7 @@ def train_case(kind: str, device: torch.device, batch: int, size: tuple, preset:
     y = torch.randint(0, 1000, (batch,), device=device)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
@@ -97,13 +99,13 @@ def train_case(kind: str, device: torch.device, batch: int, size: tuple, preset:
     return result
 
 
-def infer_case(kind: str, device: torch.device, batch: int, size: tuple, warmup: int, iters: int):
+def infer_case(kind: str, device: torch.device, batch: int, size: tuple, warmup: int, iters: int, bf16: bool = True):
     cluster_ops.set_backend(_backend(kind))
     model = _prepare(kind, _model(kind), device).eval()
     x = torch.randn(batch, 3, *size, device=device).to(memory_format=torch.channels_last)
 
     def step() -> None:
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             model(x)
 
     result = _measure(step, device, warmup, iters)
@@ -118,6 +120,10 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(DEFAULT_MODELS),
                         help="rows to measure (default: all but ours+triton+compile)")
+    parser.add_argument("--batch", type=int, nargs=2, metavar=("TRAIN", "INFER"), help="batch sizes (128 256)")
+    parser.add_argument("--iters", type=int, nargs=2, metavar=("WARMUP", "TIMED"), help="iterations (10 30)")
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (CPUs without fast bf16)")
+    parser.add_argument("--no-detection", action="store_true", help="skip the 800x1344 case")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
@@ -126,21 +132,26 @@ def main(argv: List[str] | None = None) -> None:
         train_b, infer_b, size, det, warmup, iters = 2, 2, (64, 64), (128, 192), 1, 1
     else:
         train_b, infer_b, size, det, warmup, iters = 128, 256, (224, 224), (800, 1344), 10, 30
+    train_b, infer_b = args.batch or (train_b, infer_b)
+    warmup, iters = args.iters or (warmup, iters)
+    bf16 = not args.fp32
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"device {name}, torch {torch.__version__}, timm {timm.__version__}, bf16 autocast, channels_last")
+    print(f"device {name}, torch {torch.__version__}, timm {timm.__version__}, "
+          f"{'bf16 autocast' if bf16 else 'float32'}, channels_last, {size[0]} px, "
+          f"train batch {train_b}, inference batch {infer_b}, {warmup} + {iters} iterations")
     rows: Dict[str, Dict[str, Dict[str, float]]] = {}
     began = time.perf_counter()
     for kind in args.models:
         rows[kind] = {
-            "train": train_case(kind, device, train_b, size, "classification", warmup, iters),
-            "infer": infer_case(kind, device, infer_b, size, warmup, iters),
+            "train": train_case(kind, device, train_b, size, "classification", warmup, iters, bf16),
+            "infer": infer_case(kind, device, infer_b, size, warmup, iters, bf16),
         }
         torch._dynamo.reset()
         print(f"  measured {kind} ({time.perf_counter() - began:.0f} s so far)", flush=True)
     det_rows = {
-        kind: train_case(kind, device, 2, det, "detection", max(1, warmup // 3), max(1, iters // 3))
+        kind: train_case(kind, device, 2, det, "detection", max(1, warmup // 3), max(1, iters // 3), bf16)
         for kind in ("reference", "ours", "ours+triton")
-        if kind in args.models
+        if kind in args.models and not args.no_detection
     }
     print(f"\n{'model':<18}{'train img/s':>12}{'train MiB':>11}{'infer img/s':>13}{'infer MiB':>11}")
     for kind, r in rows.items():

@@ -27,21 +27,17 @@ does); the tests check them that way against the plain path.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["cluster_mix", "cluster_pool", "interpreting"]
+from .cluster_ops import aggregate, chosen_similarity, dispatch, interpreting
+
+__all__ = ["cluster_mix", "cluster_pool"]
 
 _EPS = 1e-12  # F.normalize's clamp on the norm
-
-
-def interpreting() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
@@ -49,6 +45,14 @@ def _unit_rows(x, eps):
     """Rows of ``x`` scaled to unit L2 norm (norm clamped at ``eps``), and the clamped norms."""
     norm = tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), eps)
     return x / norm[:, None], norm
+
+
+@triton.jit
+def _tile(g, rows, n_rows, cols, n_cols):
+    """Offsets and mask of a ``rows x cols`` tile of group ``g`` in a contiguous ``[G, n_rows, n_cols]``
+    tensor."""
+    offs = g * n_rows * n_cols + rows[:, None] * n_cols + cols[None, :]
+    return offs, (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
 
 
 @triton.jit
@@ -60,12 +64,8 @@ def _argmax_kernel(
     g = tl.program_id(0).to(tl.int64)
     rows_n = tl.program_id(1) * BN + tl.arange(0, BN)
     cols_c = tl.arange(0, BC)
-    valid_n = rows_n < N
-    pts = tl.load(
-        points_ptr + g * N * C + rows_n[:, None] * C + cols_c[None, :],
-        mask=valid_n[:, None] & (cols_c[None, :] < C), other=0.0,
-    ).to(ACC)
-    unit_pts, _ = _unit_rows(pts, eps)
+    nc_offs, nc_mask = _tile(g, rows_n, N, cols_c, C)
+    unit_pts, _ = _unit_rows(tl.load(points_ptr + nc_offs, mask=nc_mask, other=0.0).to(ACC), eps)
     if SIGMOID:
         alpha = tl.load(alpha_ptr).to(ACC)
         beta = tl.load(beta_ptr).to(ACC)
@@ -73,11 +73,8 @@ def _argmax_kernel(
     best_idx = tl.zeros((BN,), dtype=tl.int32)
     for start in range(0, M, BM):
         rows_m = start + tl.arange(0, BM)
-        centers = tl.load(
-            centers_ptr + g * M * C + rows_m[:, None] * C + cols_c[None, :],
-            mask=(rows_m[:, None] < M) & (cols_c[None, :] < C), other=0.0,
-        ).to(ACC)
-        unit_centers, _ = _unit_rows(centers, eps)
+        mc_offs, mc_mask = _tile(g, rows_m, M, cols_c, C)
+        unit_centers, _ = _unit_rows(tl.load(centers_ptr + mc_offs, mask=mc_mask, other=0.0).to(ACC), eps)
         score = tl.dot(unit_pts, tl.trans(unit_centers), input_precision="ieee", out_dtype=ACC)
         if SIGMOID:
             score = tl.sigmoid(beta + alpha * score)
@@ -87,7 +84,7 @@ def _argmax_kernel(
         better = tile_best > best  # strict: on a tie the earlier centre stays, as torch's max/argmax
         best = tl.where(better, tile_best, best)
         best_idx = tl.where(better, tile_idx, best_idx)
-    tl.store(index_ptr + g * N + rows_n, best_idx.to(tl.int64), mask=valid_n)
+    tl.store(index_ptr + g * N + rows_n, best_idx.to(tl.int64), mask=rows_n < N)
 
 
 @triton.jit
@@ -102,11 +99,8 @@ def _assign_kernel(
     cols_c = tl.arange(0, BC)
     cols_d = tl.arange(0, BD)
     valid_m = rows_m < M
-    centers = tl.load(
-        centers_ptr + g * M * C + rows_m[:, None] * C + cols_c[None, :],
-        mask=valid_m[:, None] & (cols_c[None, :] < C), other=0.0,
-    ).to(ACC)
-    unit_centers, _ = _unit_rows(centers, eps)
+    mc_offs, mc_mask = _tile(g, rows_m, M, cols_c, C)
+    unit_centers, _ = _unit_rows(tl.load(centers_ptr + mc_offs, mask=mc_mask, other=0.0).to(ACC), eps)
     alpha = tl.load(alpha_ptr).to(ACC)
     beta = tl.load(beta_ptr).to(ACC)
     sums = tl.zeros((BM, BD), dtype=ACC)
@@ -114,11 +108,8 @@ def _assign_kernel(
     for start in range(0, N, BN):
         rows_n = start + tl.arange(0, BN)
         valid_n = rows_n < N
-        pts = tl.load(
-            points_ptr + g * N * C + rows_n[:, None] * C + cols_c[None, :],
-            mask=valid_n[:, None] & (cols_c[None, :] < C), other=0.0,
-        ).to(ACC)
-        unit_pts, _ = _unit_rows(pts, eps)
+        nc_offs, nc_mask = _tile(g, rows_n, N, cols_c, C)
+        unit_pts, _ = _unit_rows(tl.load(points_ptr + nc_offs, mask=nc_mask, other=0.0).to(ACC), eps)
         cos = tl.dot(unit_pts, tl.trans(unit_centers), input_precision="ieee", out_dtype=ACC)  # [BN, BM]
         score = tl.where(valid_m[None, :], tl.sigmoid(beta + alpha * cos), float("-inf"))
         idx = tl.argmax(score, axis=1)
@@ -127,14 +118,11 @@ def _assign_kernel(
         tl.store(index_ptr + g * N + rows_n, idx.to(tl.int64), mask=valid_n)
         tl.store(cos_ptr + g * N + rows_n, best_cos, mask=valid_n)
         onehot = (chosen & valid_n[:, None]).to(ACC)
-        vals = tl.load(
-            values_ptr + g * N * D + rows_n[:, None] * D + cols_d[None, :],
-            mask=valid_n[:, None] & (cols_d[None, :] < D), other=0.0,
-        ).to(ACC)
+        nd_offs, nd_mask = _tile(g, rows_n, N, cols_d, D)
+        vals = tl.load(values_ptr + nd_offs, mask=nd_mask, other=0.0).to(ACC)
         sums += tl.dot(tl.trans(onehot), vals, input_precision="ieee", out_dtype=ACC)
         counts += tl.sum(onehot, axis=0)
-    md_mask = valid_m[:, None] & (cols_d[None, :] < D)
-    md_offs = g * M * D + rows_m[:, None] * D + cols_d[None, :]
+    md_offs, md_mask = _tile(g, rows_m, M, cols_d, D)
     own = tl.load(center_values_ptr + md_offs, mask=md_mask, other=0.0).to(ACC)
     tl.store(clusters_ptr + md_offs, (sums + own) / (counts[:, None] + 1.0), mask=md_mask)
     tl.store(counts_ptr + g * M + rows_m, counts, mask=valid_m)
@@ -150,7 +138,7 @@ def _gather_kernel(
     rows_n = tl.program_id(1) * BN + tl.arange(0, BN)
     cols_d = tl.arange(0, BD)
     valid_n = rows_n < N
-    nd_mask = valid_n[:, None] & (cols_d[None, :] < D)
+    nd_offs, nd_mask = _tile(g, rows_n, N, cols_d, D)
     idx = tl.load(index_ptr + g * N + rows_n, mask=valid_n, other=0)
     picked = tl.load(table_ptr + g * M * D + idx[:, None] * D + cols_d[None, :], mask=nd_mask, other=0.0).to(ACC)
     if SCALE:
@@ -158,7 +146,7 @@ def _gather_kernel(
         beta = tl.load(beta_ptr).to(ACC)
         cos = tl.load(cos_ptr + g * N + rows_n, mask=valid_n, other=0.0).to(ACC)
         picked = picked * tl.sigmoid(beta + alpha * cos)[:, None]
-    tl.store(out_ptr + g * N * D + rows_n[:, None] * D + cols_d[None, :], picked, mask=nd_mask)
+    tl.store(out_ptr + nd_offs, picked, mask=nd_mask)
 
 
 @triton.jit
@@ -173,8 +161,7 @@ def _mix_backward_kernel(
     cols_c = tl.arange(0, BC)
     cols_d = tl.arange(0, BD)
     valid_m = rows_m < M
-    mc_mask = valid_m[:, None] & (cols_c[None, :] < C)
-    mc_offs = g * M * C + rows_m[:, None] * C + cols_c[None, :]
+    mc_offs, mc_mask = _tile(g, rows_m, M, cols_c, C)
     centers = tl.load(centers_ptr + mc_offs, mask=mc_mask, other=0.0).to(ACC)
     unit_centers, center_norm = _unit_rows(centers, eps)
     alpha = tl.load(alpha_ptr).to(ACC)
@@ -187,34 +174,31 @@ def _mix_backward_kernel(
     for start in range(0, N, BN):
         rows_n = start + tl.arange(0, BN)
         valid_n = rows_n < N
-        nd_mask = valid_n[:, None] & (cols_d[None, :] < D)
-        nc_mask = valid_n[:, None] & (cols_c[None, :] < C)
+        nd_offs, nd_mask = _tile(g, rows_n, N, cols_d, D)
+        nc_offs, nc_mask = _tile(g, rows_n, N, cols_c, C)
         idx = tl.load(index_ptr + g * N + rows_n, mask=valid_n, other=0)
         cos = tl.load(cos_ptr + g * N + rows_n, mask=valid_n, other=0.0).to(ACC)
         sim = tl.sigmoid(beta + alpha * cos)
         onehot = ((rows_m[None, :] == idx[:, None]) & valid_n[:, None]).to(ACC)
-        grad = tl.load(grad_ptr + g * N * D + rows_n[:, None] * D + cols_d[None, :], mask=nd_mask, other=0.0).to(ACC)
+        grad = tl.load(grad_ptr + nd_offs, mask=nd_mask, other=0.0).to(ACC)
         cluster = tl.load(clusters_ptr + g * M * D + idx[:, None] * D + cols_d[None, :], mask=nd_mask, other=0.0)
         grad_clusters += tl.dot(tl.trans(onehot), grad * sim[:, None], input_precision="ieee", out_dtype=ACC)
         grad_logit = tl.where(valid_n, tl.sum(grad * cluster, axis=1) * sim * (1.0 - sim), 0.0)
         grad_alpha += grad_logit * cos
         grad_beta += grad_logit
         grad_cos = grad_logit * alpha
-        pts = tl.load(points_ptr + g * N * C + rows_n[:, None] * C + cols_c[None, :], mask=nc_mask, other=0.0).to(ACC)
+        pts = tl.load(points_ptr + nc_offs, mask=nc_mask, other=0.0).to(ACC)
         unit_pts, pts_norm = _unit_rows(pts, eps)
         own_center = tl.dot(onehot, unit_centers, input_precision="ieee", out_dtype=ACC)
         grad_pts = grad_cos[:, None] * (own_center - cos[:, None] * unit_pts) / pts_norm[:, None]
-        tl.store(grad_points_ptr + g * N * C + rows_n[:, None] * C + cols_c[None, :], grad_pts, mask=nc_mask)
+        tl.store(grad_points_ptr + nc_offs, grad_pts, mask=nc_mask)
         grad_unit_centers += tl.dot(tl.trans(onehot), grad_cos[:, None] * unit_pts, input_precision="ieee", out_dtype=ACC)
         grad_cos_times_cos += tl.sum(onehot * (grad_cos * cos)[:, None], axis=0)
     grad_centers = (grad_unit_centers - grad_cos_times_cos[:, None] * unit_centers) / center_norm[:, None]
     tl.store(grad_centers_ptr + mc_offs, grad_centers, mask=mc_mask)
     counts = tl.load(counts_ptr + g * M + rows_m, mask=valid_m, other=0.0)
-    md_mask = valid_m[:, None] & (cols_d[None, :] < D)
-    tl.store(
-        grad_clusters_ptr + g * M * D + rows_m[:, None] * D + cols_d[None, :],
-        grad_clusters / (counts[:, None] + 1.0), mask=md_mask,
-    )
+    md_offs, md_mask = _tile(g, rows_m, M, cols_d, D)
+    tl.store(grad_clusters_ptr + md_offs, grad_clusters / (counts[:, None] + 1.0), mask=md_mask)
     tl.store(grad_ab_ptr + g * 2, tl.sum(grad_alpha, axis=0))
     tl.store(grad_ab_ptr + g * 2 + 1, tl.sum(grad_beta, axis=0))
 
@@ -393,8 +377,6 @@ def _fits_registers(m: int, c: int, d: int) -> bool:
 
 def cluster_mix(points, centers, values, center_values, alpha, beta) -> Tuple[torch.Tensor, torch.Tensor]:
     """Fused :func:`fec_backbone.cluster_ops.cluster_mix`: same arguments and results."""
-    from .cluster_ops import aggregate, chosen_similarity, dispatch
-
     if _fits_registers(centers.shape[1], points.shape[-1], values.shape[-1]):
         out, index, *_ = _mix_op(points, centers, values, center_values, alpha, beta)
         return out, index
@@ -407,8 +389,6 @@ def cluster_mix(points, centers, values, center_values, alpha, beta) -> Tuple[to
 
 def cluster_pool(points, centers, values, center_values) -> Tuple[torch.Tensor, torch.Tensor]:
     """Fused :func:`fec_backbone.cluster_ops.cluster_pool`: same arguments and results."""
-    from .cluster_ops import aggregate
-
     scalar = points.new_zeros(1)
     index = _nearest_op(points.detach(), centers.detach(), scalar, scalar, sigmoid=False)
     return aggregate(values, center_values, index, "torch"), index

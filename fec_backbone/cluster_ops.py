@@ -49,12 +49,17 @@ def _torch_scatter_available() -> bool:
     return True
 
 
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def _triton_available() -> bool:
     try:
         import triton  # noqa: F401
     except ImportError:
         return False
-    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return torch.cuda.is_available() or interpreting()
 
 
 def available_backends() -> Tuple[str, ...]:
@@ -101,9 +106,9 @@ def cosine_similarity(centers: torch.Tensor, points: torch.Tensor) -> torch.Tens
     return torch.bmm(F.normalize(centers, dim=-1), F.normalize(points, dim=-1).transpose(1, 2))
 
 
-#: Points per slice in :func:`nearest_centre`: at least 1024, and few enough that a group's slice of the
-#: similarity matrix holds about 4M entries.
 def _points_per_slice(centres: int) -> int:
+    """Points per slice in :func:`nearest_centre`: at least 1024, and few enough that a group's slice of
+    the similarity matrix holds about 4M entries."""
     return max(1024, (1 << 22) // max(centres, 1))
 
 

@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from timm.utils import CheckpointSaver, dispatch_clip_grad
 
-from fec_backbone.checkpoint import CheckpointError, check_keys, unwrap_state_dict
+from fec_backbone.checkpoint import check_keys
 
 __all__ = [
     "amp_autocast",
@@ -21,7 +21,6 @@ __all__ = [
     "train_one_epoch",
     "evaluate",
     "AtomicCheckpointSaver",
-    "load_training_checkpoint",
     "load_model_state",
 ]
 
@@ -222,28 +221,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
             os.fsync(f.fileno())
 
 
-def load_training_checkpoint(path: str) -> Dict[str, Any]:
-    """The full dictionary of a training checkpoint (read with ``weights_only=True``), or a
-    :class:`CheckpointError` naming the file and the problem."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file not found: {path!r}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        first = str(err).splitlines()[0] if str(err) else ""
-        raise CheckpointError(
-            f"cannot read checkpoint {path!r}: {type(err).__name__}: {first}. The file is damaged, truncated or "
-            "not a PyTorch checkpoint"
-        ) from err
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"checkpoint {path!r} holds a {type(obj).__name__}, not a dictionary")
-    return dict(obj)
-
-
 def load_model_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
-    """Load ``state_dict`` strictly, raising :class:`CheckpointError` that lists missing, unexpected
-    and mis-shaped keys (classifier included)."""
-    state_dict = unwrap_state_dict(dict(state_dict))
+    """Load a training checkpoint's ``state_dict`` strictly, raising :class:`CheckpointError` that lists
+    missing, unexpected and mis-shaped keys (classifier included)."""
     check_keys(state_dict, model.state_dict(), what)
     model.load_state_dict(state_dict, strict=True)
 

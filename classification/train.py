@@ -42,11 +42,10 @@ from classification.engine import (
     amp_autocast,
     evaluate,
     load_model_state,
-    load_training_checkpoint,
     seed_epoch,
     train_one_epoch,
 )
-from fec_backbone.checkpoint import CheckpointError, read_checkpoint
+from fec_backbone.checkpoint import CheckpointError, read_checkpoint, read_fec_weights
 
 _logger = logging.getLogger("train")
 
@@ -149,7 +148,7 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Op
     valid = {a.dest for a in parser._actions}
     resume_state = None
     if resume:
-        resume_state = load_training_checkpoint(resume)
+        resume_state = read_checkpoint(resume)
         recorded = resume_state.get("args") or {}
         parser.set_defaults(**{k: v for k, v in recorded.items() if k in valid and k not in _NOT_RESUMED})
     if known.config:
@@ -228,9 +227,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     random_seed(args.seed, 0)
     model_kwargs = dict(num_classes=num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path)
     if args.initial_checkpoint:
-        head = read_checkpoint(args.initial_checkpoint).get("head.weight")
+        weights = read_fec_weights(args.initial_checkpoint)  # EMA weights of a training file, when it has them
+        head = weights.get("head.weight")
         ckpt_classes = 0 if head is None else head.shape[0]
-        overlay = dict(file=args.initial_checkpoint, num_classes=ckpt_classes)  # timm keeps the head if it fits
+        overlay = dict(state_dict=weights, num_classes=ckpt_classes)  # timm keeps the head if it fits
         model = timm.create_model(args.model, pretrained=True, pretrained_cfg_overlay=overlay, **model_kwargs)
         log(f"initial weights from {args.initial_checkpoint}" + (
             "" if ckpt_classes == num_classes else

@@ -1,11 +1,12 @@
 """Top-1/top-5 accuracy of an FEC checkpoint on an ImageFolder split.
 
     python -m classification.validate /data/imagenet --model fec_small --checkpoint fec_small.pth
-    python -m classification.validate data/toy --checkpoint output/toy/model_best.pth.tar [--use-ema]
+    python -m classification.validate data/toy --checkpoint output/toy/model_best.pth.tar [--no-use-ema]
 
 The checkpoint is one of ours (from ``classification.train``: its model, classes and data config are
-taken from it) or an official FEC checkpoint (``.pth`` or ``.safetensors``, 1000 ImageNet classes, the
-model's pretrained-cfg transforms: resize to size/0.9, centre crop, bicubic). The class folders of the
+taken from it) or an official FEC checkpoint (a ``CheckpointSaver`` training file, a plain state dict or
+``.safetensors``; 1000 ImageNet classes, the model's pretrained-cfg transforms: resize to size/0.9,
+centre crop, bicubic). EMA weights are evaluated when the file has them (``--no-use-ema``: the plain ones). The class folders of the
 split are numbered in sorted order unless the checkpoint records its classes or ``--class-map`` gives them.
 """
 from __future__ import annotations
@@ -27,8 +28,8 @@ from torch.utils.data import DataLoader
 
 import fec_backbone  # noqa: F401  (registers the FEC models with timm)
 from classification.data import DatasetError, ImageReadError, build_dataset, read_class_map
-from classification.engine import amp_autocast, evaluate, load_model_state, load_training_checkpoint
-from fec_backbone.checkpoint import CheckpointError, read_checkpoint
+from classification.engine import amp_autocast, evaluate
+from fec_backbone.checkpoint import CheckpointError, detect_variant, read_checkpoint, read_fec_weights
 
 _logger = logging.getLogger("validate")
 
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="our training checkpoint or an official one")
     p.add_argument("--model", default=None, help="timm model name (None: the one recorded in our checkpoint)")
-    p.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights of our checkpoint")
+    p.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=True,
+                   help="evaluate a training checkpoint's EMA weights when it has them (--no-use-ema: the plain ones)")
     p.add_argument("--class-map", default="", metavar="FILE", help="class names in index order (timm class-map file)")
     p.add_argument("--img-size", type=int, default=None, help="input side (None: the checkpoint's, else 224)")
     p.add_argument("--crop-pct", type=float, default=None)
@@ -56,42 +58,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read(path: str, use_ema: bool) -> Dict[str, Any]:
-    """The checkpoint's dictionary, with the weights to evaluate under ``state_dict``."""
-    if path.endswith(".safetensors"):
-        if use_ema:
-            raise CheckpointError(f"--use-ema: {path!r} is a plain weights file without EMA weights")
-        return {"state_dict": read_checkpoint(path)}
-    raw = load_training_checkpoint(path)
-    if use_ema:
-        if "state_dict_ema" not in raw:
-            raise CheckpointError(f"--use-ema: {path!r} has no EMA weights (train with --model-ema)")
-        return {**raw, "state_dict": raw["state_dict_ema"]}
-    return raw if isinstance(raw.get("state_dict"), dict) else {"state_dict": raw}
-
-
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     """Evaluate; returns ``top1``, ``top5``, ``loss``, ``count``, ``img_per_sec`` and the settings used."""
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ckpt = _read(args.checkpoint, args.use_ema)
-    model_name = args.model or ckpt.get("arch")
+    ckpt = read_checkpoint(args.checkpoint)
+    state = read_fec_weights(ckpt, use_ema=args.use_ema)
+    ema = args.use_ema and any(isinstance(ckpt.get(k), dict) for k in ("state_dict_ema", "model_ema"))
+    recorded = ckpt.get("arch") if ckpt.get("arch") in fec_backbone.VARIANTS else None  # official files say "fec"
+    model_name = args.model or recorded or detect_variant(state)
     if model_name is None:
         raise SystemExit(f"error: {args.checkpoint!r} does not record its model; pass --model (fec_small, ...)")
-    if args.model and ckpt.get("arch") not in (None, args.model):
-        raise CheckpointError(f"{args.checkpoint!r} is a checkpoint of {ckpt['arch']!r}, not of --model {args.model!r}")
-
-    state = ckpt["state_dict"]
-    probe = timm.create_model(model_name, num_classes=0)
-    state = fec_backbone.checkpoint_filter_fn(state, probe)  # official keys mapped; other architectures rejected
+    if args.model and recorded not in (None, args.model):
+        raise CheckpointError(f"{args.checkpoint!r} is a checkpoint of {recorded!r}, not of --model {args.model!r}")
     head = state.get("head.weight")
     if head is None:
         raise CheckpointError(f"{args.checkpoint!r} has no classifier (head.weight); it cannot be validated")
     num_classes = head.shape[0]
     model = timm.create_model(model_name, num_classes=num_classes)
-    load_model_state(model, state, f"{model_name} with {num_classes} classes")
+    fec_backbone.load_fec_weights(model, state)
     model.to(device)
 
     class_names = read_class_map(args.class_map) if args.class_map else ckpt.get("class_names")
@@ -112,13 +99,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         std=data_config["std"], crop_pct=data_config["crop_pct"], crop_mode=data_config.get("crop_mode"))
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                         pin_memory=device.type == "cuda")
-    _logger.info(f"validating {model_name} ({'EMA ' if args.use_ema else ''}weights of {args.checkpoint}) on "
+    _logger.info(f"validating {model_name} ({'EMA ' if ema else ''}weights of {args.checkpoint}) on "
                  f"{len(dataset)} images of {os.path.join(args.data_dir, args.split)}; data config {data_config}")
     metrics = evaluate(model, loader, device=device, autocast=amp_autocast(device, args.amp, args.amp_dtype),
                        log=_logger.info, log_interval=args.log_interval)
     _logger.info(f"top-1 {metrics['top1']:.3f}%  top-5 {metrics['top5']:.3f}%  loss {metrics['loss']:.4f}  "
                  f"({metrics['count']} images, {metrics['img_per_sec']:.1f} img/s)")
-    result = dict(metrics, model=model_name, checkpoint=args.checkpoint, use_ema=args.use_ema,
+    result = dict(metrics, model=model_name, checkpoint=args.checkpoint, use_ema=ema,
                   data_config={k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config.items()})
     if args.results_file:
         with open(args.results_file, "w", encoding="utf-8") as f:

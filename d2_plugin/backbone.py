@@ -24,7 +24,6 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 
 import fec_backbone
-from fec_backbone.checkpoint import CheckpointError, read_checkpoint
 from fec_backbone.fec import GroupNorm1
 
 __all__ = [
@@ -77,8 +76,8 @@ class FECBackbone(Backbone):
             )
         if not 0 <= freeze_at <= len(STAGE_NAMES) + 1:
             raise ValueError(f"FEC freeze_at must be in 0..{len(STAGE_NAMES) + 1}, got {freeze_at}")
-        if name not in fec_backbone.fec.MODEL_ARGS:
-            raise ValueError(f"unknown FEC model {name!r}; choose one of {sorted(fec_backbone.fec.MODEL_ARGS)}")
+        if name not in fec_backbone.VARIANTS:
+            raise ValueError(f"unknown FEC model {name!r}; choose one of {sorted(fec_backbone.VARIANTS)}")
         self.body: fec_backbone.FEC = timm.create_model(
             name,
             num_classes=0,
@@ -144,17 +143,10 @@ class FECBackbone(Backbone):
 
 
 def load_imagenet_weights(model: fec_backbone.FEC, path: str) -> None:
-    """Load an FEC ImageNet checkpoint (official key layout or ours) into ``model``, all backbone tensors
-    required; raises :class:`~fec_backbone.checkpoint.CheckpointError` naming the file and the problem."""
-    try:
-        state = fec_backbone.checkpoint_filter_fn(read_checkpoint(path), model)
-    except CheckpointError as e:
-        message = str(e) if path in str(e) else f"{path}: {e}"
-        raise CheckpointError(message) from e
-    # checkpoint_filter_fn has checked every key but the classifier's, which a backbone has none of
-    state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    model.load_state_dict(state, strict=True)
-    logger.info("FEC backbone initialised from %s (%d tensors)", path, len(state))
+    """Load an FEC ImageNet checkpoint (any shape :func:`fec_backbone.read_fec_weights` takes: official or
+    ours, EMA weights first) into ``model``, every backbone tensor required; raises
+    :class:`~fec_backbone.CheckpointError` naming the file and the problem."""
+    fec_backbone.load_fec_weights(model, path)
 
 
 def _fec_from_cfg(cfg: CfgNode, input_shape: ShapeSpec) -> FECBackbone:

@@ -3,9 +3,9 @@
 
     python -m d2_plugin.convert_imagenet fec_small.pth fec_small_d2.pth [--model fec_small]
 
-The input is an official FEC checkpoint (keys ``patch_embed.*``, ``network.<i>.*``, raw or under
-``state_dict``/``model``) or one of ours. Its tensors are mapped and checked against the FEC model
-(:func:`fec_backbone.checkpoint_filter_fn`), the classifier is dropped, and every key is prefixed with
+The input is an official FEC checkpoint (keys ``patch_embed.*``, ``network.<i>.*``; a training file with
+EMA weights gives the EMA ones) or one of ours. Its tensors are mapped and checked against the FEC model
+(:func:`fec_backbone.fit_state_dict`), the classifier and final norm are dropped, and every key is prefixed with
 the backbone's place in a Detectron2 model: ``backbone.bottom_up.body.`` for the FPN builders (default),
 ``backbone.body.`` for ``build_fec_backbone`` (``--prefix``). Loading the result with ``MODEL.WEIGHTS``
 leaves no backbone key missing; the FPN, heads and the per-level output norms start fresh, as in the
@@ -22,7 +22,7 @@ import timm
 import torch
 
 import fec_backbone
-from fec_backbone.checkpoint import CheckpointError, read_checkpoint
+from fec_backbone import CheckpointError
 
 __all__ = ["FPN_PREFIX", "PLAIN_PREFIX", "convert"]
 
@@ -33,8 +33,9 @@ PLAIN_PREFIX = "backbone.body."
 def convert(src: str, model_name: str = "fec_small", prefix: str = FPN_PREFIX) -> Dict[str, object]:
     """The Detectron2 checkpoint dict (``{"model": ..., "__author__": ...}``) for an FEC ImageNet file."""
     model = timm.create_model(model_name, num_classes=0)
-    state = fec_backbone.checkpoint_filter_fn(read_checkpoint(src), model)
-    tensors = {prefix + k: v.contiguous() for k, v in state.items() if not k.startswith(("head.", "norm."))}
+    model.prune_intermediate_layers(len(model.stages), prune_norm=True)  # a Detectron2 backbone has no final norm
+    state = fec_backbone.fit_state_dict(fec_backbone.read_fec_weights(src), model)
+    tensors = {prefix + k: v.contiguous() for k, v in state.items()}
     return {"model": tensors, "__author__": f"fec_backbone.convert_imagenet from {os.path.basename(src)} ({model_name})",
             "matching_heuristics": False}
 
@@ -43,7 +44,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     ap.add_argument("src", help="FEC ImageNet checkpoint (.pth/.safetensors)")
     ap.add_argument("dst", help="output .pth for MODEL.WEIGHTS")
-    ap.add_argument("--model", default="fec_small", choices=sorted(fec_backbone.fec.MODEL_ARGS))
+    ap.add_argument("--model", default="fec_small", choices=sorted(fec_backbone.VARIANTS))
     ap.add_argument("--prefix", default=FPN_PREFIX, help=f"key prefix (default {FPN_PREFIX}; {PLAIN_PREFIX} without FPN)")
     args = ap.parse_args(argv)
     try:

@@ -28,7 +28,7 @@ def _visualize(args: argparse.Namespace) -> int:
 
     try:
         maps = visualize_image(args.image, args.out, args.model, args.checkpoint, args.clusters, args.size,
-                               args.preset, args.prefix, args.head)
+                               args.preset, args.prefix, args.head, args.use_ema)
     except (CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "else classification)")
     p.add_argument("--prefix", default=None, help="key prefix of the FEC weights when a checkpoint holds several")
     p.add_argument("--head", type=int, default=0, help="head whose block clusters are drawn")
+    p.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=True,
+                   help="take a training checkpoint's EMA weights when it has them (--no-use-ema: the plain ones)")
     p.set_defaults(func=_visualize)
     p = sub.add_parser("export", help="export a classifier or features_only backbone to ONNX, checked with onnxruntime")
     p.add_argument("--model", default="fec_small", choices=MODELS)

@@ -19,15 +19,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, get_device_dtype, trunc_normal_
-from timm.models import adapt_input_conv
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._features_fx import register_notrace_function
 
 from .cluster_ops import cluster_mix, cluster_pool
-from .checkpoint import check_keys, read_checkpoint, unwrap_state_dict
+from .checkpoint import CheckpointError, fit_state_dict, read_fec_weights
 
-__all__ = ["FEC", "PRESETS", "checkpoint_filter_fn", "count_parameters"]
+__all__ = ["FEC", "PRESETS", "VARIANTS", "checkpoint_filter_fn", "count_parameters"]
 
 IntOrPair = Union[int, Tuple[int, int]]
 #: Called by a clustering layer with (layer, centre index per point [G, N], per-region map size (h, w)).
@@ -559,46 +558,36 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters()) + frozen
 
 
-def _official_key(key: str) -> str:
-    """Map an official key (``network.<i>...``, ``patch_embed.proj...``) to this module layout."""
-    if key.startswith("patch_embed."):
-        return "stem." + key[len("patch_embed."):]
-    if key.startswith("network."):
-        index, rest = key[len("network."):].split(".", 1)
-        i = int(index)
-        if i % 2 == 0:
-            return f"stages.{i // 2}.blocks.{rest}"
-        return f"stages.{(i + 1) // 2}.downsample.{rest}"
-    return key
-
-
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FEC) -> Dict[str, torch.Tensor]:
-    """Turn an official FEC checkpoint (or one of ours) into this model's state dict.
+    """timm's pretrained filter: an official FEC checkpoint (or one of ours, any shape that
+    :func:`~fec_backbone.checkpoint.read_fec_weights` takes) as this model's state dict.
 
-    Accepts the state dict raw, nested under ``state_dict``/``model`` or saved from DDP; maps official
-    keys; adapts the image channels of the stem for another ``in_chans`` (the two coordinate channels
-    are kept). Raises :class:`~fec_backbone.checkpoint.CheckpointError` naming missing, unexpected and
-    mis-shaped keys for a checkpoint of another architecture. Classifier keys are not checked: timm's
-    loader drops them when ``num_classes`` differs.
+    The classifier is kept when its size fits; a classifier of another size is dropped when timm will
+    reset it (``num_classes`` differs from the pretrained config's), otherwise
+    :class:`~fec_backbone.checkpoint.CheckpointError` says to pass the checkpoint's ``num_classes``.
     """
-    out = {_official_key(k): v for k, v in unwrap_state_dict(state_dict).items()}
-    stem_key = "stem.proj.weight"
-    if stem_key in out and isinstance(model, FEC):
-        weight = out[stem_key]
-        image_chans = weight.shape[1] - 2
-        if image_chans != model.in_chans and image_chans > 0:
-            image = adapt_input_conv(model.in_chans, weight[:, :image_chans], base_chans=image_chans)
-            out[stem_key] = torch.cat((image, weight[:, image_chans:]), dim=1)
-    if isinstance(model, FEC):
-        check_keys(out, model.state_dict(), f"{type(model).__name__} ({model.describe()})", ("head.",))
-    return out
+    state_dict = read_fec_weights(state_dict)
+    cfg_classes = (getattr(model, "pretrained_cfg", None) or {}).get("num_classes")
+    head = state_dict.get("head.weight")
+    if (isinstance(model, FEC) and head is not None and model.num_classes > 0 and cfg_classes == model.num_classes
+            and head.shape[0] != model.num_classes):
+        raise CheckpointError(
+            f"the checkpoint's classifier has {head.shape[0]} classes but the model {model.num_classes}: create the "
+            f"model with num_classes={head.shape[0]}, or with pretrained_cfg_overlay=dict(..., num_classes="
+            f"{head.shape[0]}) and your num_classes to start a new classifier"
+        )
+    return fit_state_dict(state_dict, model)
 
 
 def _create_fec(variant: str, pretrained: bool = False, **kwargs: Any) -> FEC:
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    overlay = kwargs.get("pretrained_cfg_overlay") or {}
-    if pretrained and overlay.get("file"):
-        read_checkpoint(overlay["file"])  # fail early with a clear message on a missing or damaged file
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    if pretrained and overlay.get("file") and overlay.get("state_dict") is None:
+        # Read the file once, through the package's safe reader (EMA weights first, any checkpoint shape);
+        # timm then takes the weights through its state_dict route.
+        overlay["state_dict"] = read_fec_weights(overlay.pop("file"), use_ema=overlay.pop("use_ema", True))
+    if overlay:
+        kwargs["pretrained_cfg_overlay"] = overlay
     return build_model_with_cfg(
         FEC,
         variant,
@@ -634,26 +623,28 @@ default_cfgs = generate_default_cfgs(
     }
 )
 
-MODEL_ARGS: Dict[str, Dict[str, Any]] = {
+#: Architecture of each registered variant (constructor arguments of :class:`FEC`).
+VARIANTS: Dict[str, Dict[str, Any]] = {
     "fec_small": dict(layers=(3, 4, 5, 2), embed_dims=(32, 64, 196, 320), heads=(4, 4, 8, 8), head_dim=24),
     "fec_base": dict(layers=(2, 2, 6, 2), embed_dims=(64, 128, 320, 512), heads=(4, 4, 8, 8), head_dim=32),
     "fec_large": dict(layers=(4, 4, 12, 4), embed_dims=(64, 128, 320, 512), heads=(6, 6, 12, 12), head_dim=32),
 }
+MODEL_ARGS = VARIANTS  # former name
 
 
 @register_model
 def fec_small(pretrained: bool = False, **kwargs: Any) -> FEC:
     """FEC-Small: 5.7M parameters, 1.4 GFLOPs at 224 px."""
-    return _create_fec("fec_small", pretrained, **dict(MODEL_ARGS["fec_small"], **kwargs))
+    return _create_fec("fec_small", pretrained, **dict(VARIANTS["fec_small"], **kwargs))
 
 
 @register_model
 def fec_base(pretrained: bool = False, **kwargs: Any) -> FEC:
     """FEC-Base: 15.1M parameters, 3.4 GFLOPs at 224 px."""
-    return _create_fec("fec_base", pretrained, **dict(MODEL_ARGS["fec_base"], **kwargs))
+    return _create_fec("fec_base", pretrained, **dict(VARIANTS["fec_base"], **kwargs))
 
 
 @register_model
 def fec_large(pretrained: bool = False, **kwargs: Any) -> FEC:
     """FEC-Large: 29.7M parameters, 6.5 GFLOPs at 224 px."""
-    return _create_fec("fec_large", pretrained, **dict(MODEL_ARGS["fec_large"], **kwargs))
+    return _create_fec("fec_large", pretrained, **dict(VARIANTS["fec_large"], **kwargs))

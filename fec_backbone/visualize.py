@@ -28,14 +28,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from .checkpoint import CheckpointError, read_checkpoint
-from .fec import FEC, ClusterPool, _official_key, checkpoint_filter_fn, to_nchw
+from .checkpoint import CheckpointError, extract_fec_weights, load_fec_weights
+from .fec import FEC, ClusterPool, to_nchw
 from .interpret import chain_to_input, clustering_layers, record_clusters
 
 __all__ = [
     "ClusterMaps",
-    "find_fec_prefix",
-    "extract_fec_state_dict",
     "load_fec_backbone",
     "kmeans",
     "cluster_maps",
@@ -43,8 +41,6 @@ __all__ = [
     "visualize_image",
 ]
 
-_ANCHORS = ("stem.proj.weight", "patch_embed.proj.weight")
-_FEC_MODULES = {"stem", "stages", "norm", "head"}
 #: ``--preset`` used when none is given, by the first component of the key prefix of the FEC weights
 _PRESET_BY_PREFIX = {"backbone": "detection", "encoder": "segmentation"}
 
@@ -68,52 +64,6 @@ class ClusterMaps:
     info: Dict[str, str] = field(default_factory=dict)
 
 
-def find_fec_prefix(state_dict: Mapping[str, torch.Tensor]) -> List[str]:
-    """Every key prefix under which a state dict holds an FEC (a key ending in ``stem.proj.weight``
-    or the official ``patch_embed.proj.weight``)."""
-    prefixes = []
-    for key in state_dict:
-        for anchor in _ANCHORS:
-            if key == anchor or key.endswith("." + anchor):
-                prefixes.append(key[: len(key) - len(anchor)])
-    return sorted(set(prefixes))
-
-
-def extract_fec_state_dict(
-    state_dict: Mapping[str, torch.Tensor], prefix: Optional[str] = None
-) -> Tuple[Dict[str, torch.Tensor], str, List[str]]:
-    """The FEC weights of a (Detectron2, smp, timm or official) state dict, with the prefix removed and
-    official keys mapped to ours.
-
-    Returns ``(state_dict, prefix, ignored)``: ``ignored`` lists the keys under the prefix that are no
-    FEC layer (such as an smp encoder's ``out_norms``). Raises :class:`CheckpointError` when no FEC, or
-    several, are found (choose one with ``prefix``).
-    """
-    found = find_fec_prefix(state_dict)
-    if prefix is None:
-        if not found:
-            sample = ", ".join(list(state_dict)[:5])
-            raise CheckpointError(
-                f"no FEC weights in this checkpoint: no key ends in {' or '.join(_ANCHORS)} (keys: {sample}, ...)"
-            )
-        if len(found) > 1:
-            raise CheckpointError(
-                f"the checkpoint holds several FECs, under the prefixes {found}; choose one with --prefix"
-            )
-        prefix = found[0]
-    elif prefix not in found:
-        raise CheckpointError(f"no FEC weights under the prefix {prefix!r}; FECs were found under {found}")
-    sub, ignored = {}, []
-    for key, value in state_dict.items():
-        if key.startswith(prefix):
-            name = _official_key(key[len(prefix):])
-            if name.split(".", 1)[0] in _FEC_MODULES:
-                sub[name] = value
-            else:
-                ignored.append(name)
-    return sub, prefix, ignored
-
-
 def _default_preset(prefix: str) -> str:
     return _PRESET_BY_PREFIX.get(prefix.split(".", 1)[0], "classification") if prefix else "classification"
 
@@ -123,13 +73,15 @@ def load_fec_backbone(
     checkpoint: Optional[str] = None,
     preset: Optional[str] = None,
     prefix: Optional[str] = None,
+    use_ema: bool = True,
 ) -> Tuple[FEC, Dict[str, str]]:
     """A timm FEC (no classifier) with the FEC weights of ``checkpoint`` (random weights without one).
 
     The checkpoint decides the layers: stages or the final norm that a Detectron2/smp backbone pruned
     are pruned here too; every remaining key of the FEC (stem, stages, norm) must match in name and
     shape (else :class:`CheckpointError`); other modules under the prefix (an smp encoder's
-    ``out_norms``) are listed in the returned info. ``preset`` defaults to ``detection`` for weights under ``backbone.``
+    ``out_norms``) are listed in the returned info. ``use_ema`` prefers the EMA weights of a training
+    checkpoint (as the reference's ``cluster_visualize.py`` loads them). ``preset`` defaults to ``detection`` for weights under ``backbone.``
     (Detectron2), ``segmentation`` under ``encoder.`` (smp), else ``classification``.
     """
     info = {"model": model_name, "checkpoint": checkpoint or "none (random weights)"}
@@ -138,7 +90,7 @@ def load_fec_backbone(
         model = timm.create_model(model_name, num_classes=0, preset=preset)
         info["preset"] = preset
         return model.eval(), info
-    state, prefix, ignored = extract_fec_state_dict(read_checkpoint(checkpoint), prefix)
+    state, prefix, ignored = extract_fec_weights(checkpoint, use_ema=use_ema, prefix=prefix)
     preset = preset or _default_preset(prefix)
     model = timm.create_model(model_name, num_classes=0, preset=preset)
     stages = sorted({int(m.group(1)) for k in state for m in [re.match(r"stages\.(\d+)\.", k)] if m})
@@ -147,8 +99,7 @@ def load_fec_backbone(
     has_norm = any(k.startswith("norm.") for k in state)
     if stages[-1] < len(model.stages) - 1 or not has_norm:
         model.prune_intermediate_layers([stages[-1]], prune_norm=not has_norm, prune_head=True)
-    state = checkpoint_filter_fn(state, model)  # raises CheckpointError on missing/unexpected/mis-shaped keys
-    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")}, strict=True)
+    load_fec_weights(model, state)  # raises CheckpointError on missing/unexpected/mis-shaped keys
     info.update(preset=preset, prefix=prefix or "(none)", stages=str(len(model.stages)))
     if ignored:
         modules = sorted({k.split(".", 1)[0] for k in ignored})
@@ -309,12 +260,13 @@ def visualize_image(
     preset: Optional[str] = None,
     prefix: Optional[str] = None,
     head: int = 0,
+    use_ema: bool = True,
 ) -> ClusterMaps:
     """Load the model, run ``image_path`` resized to ``size`` x ``size`` (as the reference does) and
     write the figure to ``out``."""
     if size % 32:
         raise ValueError(f"--size must be divisible by 32 for FEC, got {size}")
-    model, info = load_fec_backbone(model_name, checkpoint, preset, prefix)
+    model, info = load_fec_backbone(model_name, checkpoint, preset, prefix, use_ema)
     try:
         with Image.open(image_path) as img:
             rgb = img.convert("RGB").resize((size, size), Image.BICUBIC)

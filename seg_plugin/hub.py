@@ -25,8 +25,7 @@ from typing import Dict, Mapping, Optional
 
 import torch
 
-from fec_backbone.checkpoint import CheckpointError, read_checkpoint
-from fec_backbone.fec import FEC, MODEL_ARGS, checkpoint_filter_fn
+from fec_backbone import CheckpointError, detect_variant, fit_state_dict, read_fec_weights
 
 from ._files import atomic_write
 
@@ -116,20 +115,16 @@ def pretrained_settings(encoder: str, base: Optional[str] = None) -> Dict[str, D
 
 
 def detect_encoder(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """The FEC encoder name whose architecture the checkpoint fits, or CheckpointError."""
-    reasons = []
-    for encoder, variant in ENCODER_VARIANTS.items():
-        try:
-            checkpoint_filter_fn(dict(state_dict), FEC(**MODEL_ARGS[variant], num_classes=0))
-        except CheckpointError as err:
-            reasons.append(f"{encoder} ({variant}): {str(err).splitlines()[1].strip()}")
-            continue
-        return encoder
-    raise CheckpointError("the checkpoint fits none of the FEC variants:\n  " + "\n  ".join(reasons))
+    """The FEC encoder name whose architecture the FEC weights fit, or CheckpointError."""
+    variant = detect_variant(state_dict)
+    for encoder, name in ENCODER_VARIANTS.items():
+        if name == variant:
+            return encoder
+    raise CheckpointError(f"the checkpoint fits none of the FEC variants ({', '.join(ENCODER_VARIANTS.values())})")
 
 
 def convert(state_dict: Mapping[str, torch.Tensor], encoder: str) -> Dict[str, torch.Tensor]:
-    """An official (or timm ``fec_*``) checkpoint as ``encoder``'s full state dict (depth 5).
+    """FEC weights (:func:`fec_backbone.read_fec_weights`) as ``encoder``'s full state dict (depth 5).
 
     Stem and stages come from the checkpoint; the output norms, which the ImageNet model does not have,
     keep their fresh initialisation (weight 1, bias 0), as in the reference's segmentation backbone.
@@ -137,19 +132,10 @@ def convert(state_dict: Mapping[str, torch.Tensor], encoder: str) -> Dict[str, t
     from .encoder import FecEncoder
     from .registry import encoder_params
 
-    variant = ENCODER_VARIANTS[encoder]
-    converted = checkpoint_filter_fn(dict(state_dict), FEC(**MODEL_ARGS[variant], num_classes=0))
     target = FecEncoder(**encoder_params(encoder))
-    out = {}
-    for key, init in target.state_dict().items():
-        if key in converted:
-            out[key] = converted[key].detach().to(init.dtype).contiguous()
-        elif key.startswith("out_norms."):
-            out[key] = init.detach().clone()
-        else:
-            raise CheckpointError(f"the checkpoint has no {key!r} for encoder {encoder} ({variant})")
-    target.load_state_dict(out)
-    return out
+    out = fit_state_dict(state_dict, target, allow_missing=("out_norms.",))
+    out.update({k: v for k, v in target.state_dict().items() if k.startswith("out_norms.")})
+    return {k: v.detach().contiguous() for k, v in out.items()}
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -182,13 +168,14 @@ def install(
 ) -> Path:
     """Convert an official FEC ImageNet checkpoint and install it for smp's ``encoder_weights="imagenet"``.
 
-    Returns the installed ``model.safetensors``. Raises :class:`~fec_backbone.checkpoint.CheckpointError`
+    Any checkpoint shape :func:`fec_backbone.read_fec_weights` takes (a training file gives its EMA
+    weights). Returns the installed ``model.safetensors``. Raises :class:`~fec_backbone.checkpoint.CheckpointError`
     naming the file and the problem for unreadable checkpoints or the wrong variant.
     """
     from safetensors.torch import save as save_safetensors
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    state = read_checkpoint(checkpoint)
+    state = read_fec_weights(checkpoint)
     if encoder is None:
         encoder = detect_encoder(state)
     elif encoder not in ENCODER_VARIANTS:

@@ -7,7 +7,7 @@ import timm
 import torch
 
 import fec_backbone
-from fec_backbone.fec import _official_key
+from fec_backbone.checkpoint import map_official_key
 from reference_fec import RefFEC, reference_model
 
 
@@ -51,4 +51,4 @@ def official_state_dict(name: str = "fec_small", seed: int = 0, noise: float = 0
 
 
 def grads_by_our_key(ref: RefFEC) -> Dict[str, torch.Tensor]:
-    return {_official_key(k): p.grad for k, p in ref.named_parameters()}
+    return {map_official_key(k): p.grad for k, p in ref.named_parameters()}

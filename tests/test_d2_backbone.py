@@ -20,7 +20,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model  
 
 import fec_backbone  # noqa: E402
 from fec_backbone.checkpoint import CheckpointError  # noqa: E402
-from fec_backbone.fec import _official_key  # noqa: E402
+from fec_backbone.checkpoint import map_official_key  # noqa: E402
 from helpers import official_state_dict  # noqa: E402
 from reference_fec import reference_model  # noqa: E402
 
@@ -174,7 +174,7 @@ def official_checkpoint(tmp_path_factory):
 
 
 def _assert_backbone_equals(body_state, official):
-    mapped = {_official_key(k): v for k, v in official.items()}
+    mapped = {map_official_key(k): v for k, v in official.items()}
     assert set(body_state) <= set(mapped), sorted(set(body_state) - set(mapped))[:5]
     for key, value in body_state.items():
         assert torch.equal(value, mapped[key]), key

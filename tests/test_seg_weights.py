@@ -12,7 +12,7 @@ import torch
 
 import seg_plugin
 from fec_backbone.checkpoint import CheckpointError
-from fec_backbone.fec import _official_key
+from fec_backbone.checkpoint import map_official_key
 from helpers import official_state_dict
 from seg_plugin import hub
 from seg_plugin.weights import main as weights_cli
@@ -45,7 +45,7 @@ def assert_encoder_holds(encoder: torch.nn.Module, state: dict, skip_stem: bool 
     ours = encoder.state_dict()
     compared = 0
     for key, value in state.items():
-        ours_key = _official_key(key)
+        ours_key = map_official_key(key)
         if key.startswith(("head.", "norm.")) or (skip_stem and ours_key == "stem.proj.weight"):
             continue
         assert torch.equal(ours[ours_key], value), key
@@ -139,8 +139,12 @@ def test_wrong_variant_and_bad_files_are_explained(hf_cache, official, tmp_path,
     assert "cannot read checkpoint" in capsys.readouterr().err
     other = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(3, 3)}, other)
-    with pytest.raises(CheckpointError, match="fits none of the FEC variants"):
+    with pytest.raises(CheckpointError, match="no FEC weights in this checkpoint"):
         hub.install(other)
+    pruned = tmp_path / "pruned.pth"
+    torch.save({k: v for k, v in official[1].items() if not k.startswith("network.6.")}, pruned)
+    with pytest.raises(CheckpointError, match="fits none of the FEC variants"):
+        hub.install(pruned)
     assert weights_cli(["install", "--checkpoint", str(tmp_path / "missing.pth")]) == 2
     assert "checkpoint file not found" in capsys.readouterr().err
 
@@ -162,6 +166,6 @@ def test_timm_universal_route_loads_an_official_checkpoint(official):
     ours = model.encoder.model.model.state_dict()
     for key, value in state.items():
         if not key.startswith(("head.", "norm.")):
-            assert torch.equal(ours[_official_key(key)], value), key
+            assert torch.equal(ours[map_official_key(key)], value), key
     with pytest.raises(RuntimeError, match="No pretrained weights exist for fec_small"):
         smp.Unet("tu-fec_small", encoder_weights=True)  # no file given: timm says so

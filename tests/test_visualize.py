@@ -12,7 +12,8 @@ from PIL import Image
 from classification.toy_data import draw_toy_scene
 from fec_backbone import cli
 from fec_backbone.checkpoint import CheckpointError
-from fec_backbone.visualize import cluster_maps, extract_fec_state_dict, kmeans, load_fec_backbone
+from fec_backbone.checkpoint import extract_fec_weights
+from fec_backbone.visualize import cluster_maps, kmeans, load_fec_backbone
 from helpers import randomize_scalars
 from reference_fec import reference_model
 
@@ -143,11 +144,11 @@ def test_checkpoint_errors_say_what_does_not_fit(tmp_path):
     sd = _trained_like().state_dict()
     both = {**{f"model.{k}": v for k, v in sd.items()}, **{f"model_ema.{k}": v for k, v in sd.items()}}
     with pytest.raises(CheckpointError, match=r"several FECs, under the prefixes \['model.', 'model_ema.'\]"):
-        extract_fec_state_dict(both)
-    sub, prefix, ignored = extract_fec_state_dict(both, "model_ema.")
+        extract_fec_weights(both)
+    sub, prefix, ignored = extract_fec_weights(both, prefix="model_ema.")
     assert prefix == "model_ema." and sub.keys() == sd.keys() and ignored == []
     with pytest.raises(CheckpointError, match="no FEC weights in this checkpoint"):
-        extract_fec_state_dict({"conv1.weight": torch.zeros(1)})
+        extract_fec_weights({"conv1.weight": torch.zeros(1)})
     base = timm.create_model("fec_base", num_classes=0).state_dict()
     path = _save({f"encoder.model.{k}": v for k, v in base.items()}, tmp_path / "base.pth")
     with pytest.raises(CheckpointError, match=r"shape mismatches: norm.bias: checkpoint \(512,\) vs model \(320,\)"):

@@ -1,6 +1,8 @@
 """fec-backbone: FEC (Feature Extraction with Clustering, CVPR 2024) for timm, Detectron2 and smp."""
 from setuptools import find_packages, setup
 
+CONFIG_PACKAGES = ["fec_backbone.configs"]
+
 setup(
     name="fec-backbone",
     version="0.1.0",
@@ -9,8 +11,12 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",
-    packages=find_packages(include=["fec_backbone*", "d2_plugin*", "seg_plugin*", "classification*"]),
-    package_data={"": ["*.yaml"]},
+    packages=find_packages(include=["fec_backbone*", "d2_plugin*", "seg_plugin*", "classification*"])
+    + CONFIG_PACKAGES,
+    # The top-level configs/ folder ships inside the package as fec_backbone/configs/ (fec_backbone.model_zoo
+    # finds it there in an installed copy, and in configs/ in a checkout).
+    package_dir={"fec_backbone.configs": "configs"},
+    package_data={"fec_backbone.configs": ["*/*.yaml"]},
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",

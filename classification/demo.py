@@ -20,9 +20,10 @@ from typing import List, Optional
 
 from classification import train, validate
 from classification.toy_data import draw_toy_scene, make_toy_imagefolder
+from fec_backbone.model_zoo import get_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOY_CONFIG = os.path.join(ROOT, "configs", "classification", "toy.yaml")
+TOY_CONFIG = get_config_file("classification/toy.yaml")
 
 
 def _banner(text: str) -> None:

@@ -46,6 +46,7 @@ from classification.engine import (
     train_one_epoch,
 )
 from fec_backbone.checkpoint import CheckpointError, read_checkpoint, read_fec_weights
+from fec_backbone.model_zoo import resolve_config
 
 _logger = logging.getLogger("train")
 
@@ -152,6 +153,7 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Op
         recorded = resume_state.get("args") or {}
         parser.set_defaults(**{k: v for k, v in recorded.items() if k in valid and k not in _NOT_RESUMED})
     if known.config:
+        known.config = resolve_config(known.config)  # configs/... names work outside a checkout too
         with open(known.config, encoding="utf-8") as f:
             cfg = yaml.safe_load(f) or {}
         unknown = sorted(set(cfg) - valid)
@@ -420,7 +422,7 @@ def cli() -> None:
     logging.getLogger("timm").setLevel(logging.WARNING)
     try:
         main()
-    except (CheckpointError, DatasetError, ImageReadError) as err:
+    except (CheckpointError, DatasetError, ImageReadError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}")
 
 

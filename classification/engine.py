@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from timm.utils import CheckpointSaver, dispatch_clip_grad
+from timm.utils import CheckpointSaver, accuracy, dispatch_clip_grad
 
 from fec_backbone.checkpoint import check_keys
 
@@ -171,14 +171,13 @@ def evaluate(
         with autocast():
             logits = model(images)
         logits = logits.float()
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        hits = top.eq(targets[:, None])
+        n = targets.numel()
+        top1, top5 = accuracy(logits, targets, topk=(1, 5))  # timm's metric (top-5 covers all of < 5 classes)
         totals += torch.tensor([
             nn.functional.cross_entropy(logits, targets, reduction="sum").item(),
-            hits[:, 0].sum().item(),
-            hits.any(dim=1).sum().item(),
-            targets.numel(),
+            round(top1.item() * n / 100.0),  # hits, back from percent
+            round(top5.item() * n / 100.0),
+            n,
         ], dtype=torch.float64)
         if log is not None and (step % log_interval == 0 or step == len(loader) - 1):
             log(f"{prefix}: [{step + 1:>4d}/{len(loader)}] top-1 {100 * totals[1] / totals[3]:.2f}%")

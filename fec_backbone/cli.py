@@ -10,7 +10,9 @@ import argparse
 import sys
 from typing import List, Optional
 
-MODELS = ["fec_small", "fec_base", "fec_large"]
+from .fec import PRESETS, VARIANTS
+
+MODELS = list(VARIANTS)
 
 
 def _flops(args: argparse.Namespace) -> int:
@@ -72,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clusters", type=int, default=3, help="k-means groups of the final centres (K)")
     p.add_argument("--out", required=True, help="output PNG")
     p.add_argument("--size", type=int, default=224, help="the image is resized to SIZE x SIZE (divisible by 32)")
-    p.add_argument("--preset", default=None, choices=["classification", "segmentation", "detection"],
+    p.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="clustering layout (default: detection for Detectron2 weights, segmentation for smp, "
                         "else classification)")
     p.add_argument("--prefix", default=None, help="key prefix of the FEC weights when a checkpoint holds several")
@@ -85,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="an official FEC checkpoint or one of ours (default: random)")
     p.add_argument("--features-only", action="store_true", help="export the 4 stage maps instead of logits")
     p.add_argument("--size", type=int, default=224, help="square input size (divisible by 32); batch stays dynamic")
-    p.add_argument("--preset", default="classification", choices=["classification", "segmentation", "detection"])
+    p.add_argument("--preset", default="classification", choices=list(PRESETS))
     p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the checkpoint's)")
     p.add_argument("--out", required=True, help="output .onnx file")
     p.set_defaults(func=_export)

@@ -26,6 +26,7 @@ from timm.models._features_fx import register_notrace_function
 
 from .cluster_ops import cluster_mix, cluster_pool
 from .checkpoint import check_keys, read_checkpoint, unwrap_state_dict
+from .norm import TokenGroupNorm1  # single-group norm of the channels-last blocks, pools and stage output
 
 __all__ = ["FEC", "PRESETS", "checkpoint_filter_fn", "count_parameters"]
 
@@ -51,14 +52,6 @@ class GroupNorm1(nn.GroupNorm):
 
     def __init__(self, num_channels: int, eps: float = 1e-5, device=None, dtype=None):
         super().__init__(1, num_channels, eps=eps, device=device, dtype=dtype)
-
-
-class TokenGroupNorm1(GroupNorm1):
-    """The same single-group GroupNorm for channels-last maps ``[B, H, W, C]`` (statistics over H, W
-    and C, affine per channel), as one layer norm over the last three dims plus a fused affine."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.bias, F.layer_norm(x, x.shape[1:], eps=self.eps), self.weight)
 
 
 def to_nchw(x: torch.Tensor) -> torch.Tensor:

@@ -119,6 +119,23 @@ def merge_regions(x: torch.Tensor, batch: int, folds: Tuple[int, int]) -> torch.
     return x.reshape(batch, fh * h, fw * w, e * c)
 
 
+@register_notrace_function
+def region_centres(fv: torch.Tensor, heads: int, proposals: Tuple[int, int], folds: Tuple[int, int]) -> torch.Tensor:
+    """Centres of every head and fold region straight from the fused map, no split copy of the map.
+
+    ``fv`` ``[B, H, W, 2*heads*C]`` (f and v channels) -> ``[2, B*heads*fh*fw, ph*pw, C]`` in the group
+    order of :func:`split_regions`. One adaptive average pool over the whole map with grid
+    ``(fh*ph, fw*pw)`` gives exactly each region's own ``(ph, pw)`` grid, because a region's bins
+    ``[floor(i*h/ph), ceil((i+1)*h/ph))`` are the whole map's bins shifted by the region's offset.
+    """
+    b, h, w, _ = fv.shape
+    (ph, pw), (fh, fw) = proposals, folds
+    _check_folds(h, w, folds)
+    pooled = F.adaptive_avg_pool2d(to_nchw(fv), (fh * ph, fw * pw))  # [B, 2*E*C, fh*ph, fw*pw]
+    pooled = pooled.view(b, 2, heads, -1, fh, ph, fw, pw).permute(1, 0, 2, 4, 6, 5, 7, 3)
+    return pooled.reshape(2, b * heads * fh * fw, ph * pw, pooled.shape[-1])
+
+
 def _centres(maps: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
     """Adaptive-average-pooled centres of ``[G, h, w, C]`` maps -> ``[G, gh*gw, C]``."""
     return F.adaptive_avg_pool2d(to_nchw(maps), grid).flatten(2).transpose(1, 2)
@@ -185,9 +202,9 @@ class ClusterMixer(nn.Module):
         b, h, w, _ = x.shape
         weight = torch.cat((self.f.weight, self.v.weight)).flatten(1)
         fv = F.linear(x, weight, torch.cat((self.f.bias, self.v.bias)))
+        centres = region_centres(fv, self.heads, self.proposals, self.folds)
         fv = split_regions(fv.view(b, h, w, 2, self.heads, self.head_dim), self.folds)
         _, g, rh, rw, c = fv.shape
-        centres = _centres(fv.view(2 * g, rh, rw, c), self.proposals).view(2, g, -1, c)
         out, index = cluster_mix(
             fv[0].view(g, rh * rw, c), centres[0], fv[1].view(g, rh * rw, c), centres[1], self.sim_alpha, self.sim_beta
         )

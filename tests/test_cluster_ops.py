@@ -196,3 +196,20 @@ def test_nearest_centre_in_slices_equals_the_whole_matrix():
     assert cluster_ops._points_per_slice(m) < points.shape[1]
     whole = cluster_ops.cosine_similarity(centers, points).argmax(dim=1)
     assert torch.equal(cluster_ops.nearest_centre(centers, points), whole)
+
+
+@pytest.mark.parametrize("size,proposals,folds", [((14, 10), (4, 4), (1, 1)), ((50, 84), (7, 7), (2, 2)),
+                                                  ((26, 21), (5, 3), (2, 3)), ((8, 8), (2, 2), (1, 1))])
+def test_region_centres_from_the_whole_map_equal_per_region_pooling(size, proposals, folds):
+    """One adaptive pool over the whole map with grid (fh*ph, fw*pw) equals pooling each split region
+    with (ph, pw), bins that do not divide the region included (50/2=25 rows into 7 bins)."""
+    from fec_backbone.fec import _centres, region_centres, split_regions
+
+    heads, c = 3, 5
+    fv = torch.randn(2, *size, 2 * heads * c, dtype=torch.float64)
+    split = split_regions(fv.view(2, *size, 2, heads, c), folds)
+    _, g, rh, rw, _ = split.shape
+    expected = _centres(split.view(2 * g, rh, rw, c), proposals).view(2, g, -1, c)
+    got = region_centres(fv, heads, proposals, folds)
+    assert got.shape == expected.shape == (2, 2 * heads * folds[0] * folds[1], proposals[0] * proposals[1], c)
+    assert rel_err(got, expected) < 1e-14

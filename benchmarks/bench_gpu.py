@@ -9,6 +9,12 @@ detection preset): training-step time and peak memory, reference vs ours.
     python benchmarks/bench_gpu.py                 # on the GPU machine, about 5 minutes
     python benchmarks/bench_gpu.py --smoke         # tiny sizes on any device, checks the script runs
     python benchmarks/bench_gpu.py --models ours ours+triton   # a subset of the rows
+    python benchmarks/bench_gpu.py --official PATH   # adds an "official" row: the authors' models/fec.py
+
+``--official`` takes a saved copy of the official ``models/fec.py`` (guikunchen/FEC; never part of this
+repository). It needs ``einops`` (in the ``dev`` extra) and ``torch_scatter.scatter_sum``; without
+torch-scatter a small shim over ``Tensor.scatter_add`` stands in for it. Its timm registrations are not
+applied, so they cannot replace this package's ``fec_small``.
 
 Prints one table; with ``--json PATH`` also writes the figures.
 """
@@ -32,10 +38,55 @@ import fec_backbone  # noqa: E402,F401
 from fec_backbone import cluster_ops  # noqa: E402
 from reference_fec import reference_model  # noqa: E402
 
-MODELS = ("reference", "ours", "ours+compile", "ours+triton", "ours+triton+compile", "resnet18", "poolformer_s12")
+MODELS = ("official", "reference", "ours", "ours+compile", "ours+triton", "ours+triton+compile", "resnet18", "poolformer_s12")
 #: The default rows: each compiled row costs a compile for training and one for inference, so the
 #: second compiled variant is left to ``--models`` to keep one run under 8 minutes.
-DEFAULT_MODELS = tuple(m for m in MODELS if m != "ours+triton+compile")
+DEFAULT_MODELS = tuple(m for m in MODELS if m not in ("official", "ours+triton+compile"))
+#: The FEC-S arguments of the official ``fec_small`` (and its detection layout from the official configs).
+OFFICIAL_FEC_S = dict(layers=[3, 4, 5, 2], embed_dims=[32, 64, 196, 320], mlp_ratios=[8, 8, 4, 4],
+                      downsamples=[True] * 4, down_patch_size=3, down_pad=1, heads=[4, 4, 8, 8], head_dim=[24] * 4)
+_official_module = None
+
+
+def _scatter_sum_shim(src: torch.Tensor, index: torch.Tensor, dim: int = -1, dim_size: int | None = None) -> torch.Tensor:
+    """``torch_scatter.scatter_sum`` for an index of src's shape or a 1-D index along ``dim``."""
+    dim = dim % src.dim()
+    if index.dim() == 1:
+        index = index.view([-1 if d == dim else 1 for d in range(src.dim())])
+    index = index.expand_as(src)
+    size = list(src.shape)
+    size[dim] = int(index.max()) + 1 if dim_size is None else dim_size
+    return src.new_zeros(size).scatter_add_(dim, index, src)
+
+
+def load_official(path: str):
+    """Import a saved official ``models/fec.py`` as a module, without touching timm's model registry."""
+    global _official_module
+    import importlib.util
+    import types
+
+    import timm.models.registry as timm_registry
+
+    if not os.path.isfile(path):
+        raise SystemExit(f"--official {path!r}: no such file; save the official models/fec.py there first")
+    try:
+        import einops  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit("--official needs einops: pip install einops (it is in the 'dev' extra)") from exc
+    try:
+        import torch_scatter  # noqa: F401
+    except (ImportError, OSError):
+        sys.modules["torch_scatter"] = types.SimpleNamespace(scatter_sum=_scatter_sum_shim)
+    spec = importlib.util.spec_from_file_location("official_fec", path)
+    module = importlib.util.module_from_spec(spec)
+    register = timm_registry.register_model
+    timm_registry.register_model = lambda fn: fn  # its fec_small must not replace ours in timm
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        timm_registry.register_model = register
+    _official_module = module
+    return module
 
 
 def _sync(device: torch.device) -> None:
@@ -59,6 +110,11 @@ def _measure(step: Callable[[], None], device: torch.device, warmup: int, iters:
 
 
 def _model(kind: str, preset: str = "classification") -> torch.nn.Module:
+    if kind == "official":
+        layout = fec_backbone.PRESETS[preset]
+        proposals, folds = list(layout["proposals"]), list(layout["folds"])
+        return _official_module.FEC(norm_layer=_official_module.GroupNorm, proposal_w=proposals, proposal_h=proposals,
+                                    fold_w=folds, fold_h=folds, **OFFICIAL_FEC_S)
     if kind == "reference":
         layout = fec_backbone.PRESETS[preset]
         return reference_model("fec_small", proposals=layout["proposals"], folds=layout["folds"])
@@ -124,7 +180,14 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, nargs=2, metavar=("WARMUP", "TIMED"), help="iterations (10 30)")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (CPUs without fast bf16)")
     parser.add_argument("--no-detection", action="store_true", help="skip the 800x1344 case")
+    parser.add_argument("--official", metavar="PATH", help="a saved official models/fec.py: adds the 'official' row")
     args = parser.parse_args(argv)
+    if args.official:
+        load_official(args.official)
+        if "official" not in args.models:
+            args.models = ["official", *args.models]
+    elif "official" in args.models:
+        parser.error("the 'official' row needs --official PATH (a saved copy of the official models/fec.py)")
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -150,7 +213,7 @@ def main(argv: List[str] | None = None) -> None:
         print(f"  measured {kind} ({time.perf_counter() - began:.0f} s so far)", flush=True)
     det_rows = {
         kind: train_case(kind, device, 2, det, "detection", max(1, warmup // 3), max(1, iters // 3), bf16)
-        for kind in ("reference", "ours", "ours+triton")
+        for kind in ("official", "reference", "ours", "ours+triton")
         if kind in args.models and not args.no_detection
     }
     print(f"\n{'model':<18}{'train img/s':>12}{'train MiB':>11}{'infer img/s':>13}{'infer MiB':>11}")
@@ -162,11 +225,12 @@ def main(argv: List[str] | None = None) -> None:
         for kind in (k for k in rows if k.startswith("ours")):
             print(f"{kind} / poolformer_s12: train {rows[kind]['train']['img_s'] / pf['train']['img_s']:.2f}x, "
                   f"infer {rows[kind]['infer']['img_s'] / pf['infer']['img_s']:.2f}x")
-    if "reference" in det_rows:
-        ref = det_rows["reference"]
-        print(f"\ndetection {det[0]}x{det[1]} batch 2 train step: reference {ref['seconds'] * 1e3:.0f} ms / "
+    base = "official" if "official" in det_rows else "reference"
+    if base in det_rows:
+        ref = det_rows[base]
+        print(f"\ndetection {det[0]}x{det[1]} batch 2 train step: {base} {ref['seconds'] * 1e3:.0f} ms / "
               f"{ref['peak_mib']:.0f} MiB")
-        for kind in (k for k in det_rows if k != "reference"):
+        for kind in (k for k in det_rows if k != base):
             r = det_rows[kind]
             print(f"  {kind}: {r['seconds'] * 1e3:.0f} ms / {r['peak_mib']:.0f} MiB -> "
                   f"{ref['seconds'] / r['seconds']:.2f}x faster, memory ratio {r['peak_mib'] / ref['peak_mib']:.2f}")

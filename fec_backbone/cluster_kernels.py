@@ -27,15 +27,17 @@ does); the tests check them that way against the plain path.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
+from . import cluster_ops
 from .cluster_ops import aggregate, chosen_similarity, dispatch, interpreting
 
-__all__ = ["cluster_mix", "cluster_pool"]
+__all__ = ["cluster_mix", "cluster_pool", "KernelConfig", "mix_configs", "pool_configs"]
 
 _EPS = 1e-12  # F.normalize's clamp on the norm
 
@@ -56,16 +58,26 @@ def _tile(g, rows, n_rows, cols, n_cols):
 
 
 @triton.jit
+def _row_norms(ptr, g, rows, n_rows, C, eps, BR: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr):
+    """L2 norms (clamped at ``eps``) of ``BR`` rows of a contiguous ``[G, n_rows, C]`` tensor, read
+    ``BK`` channels at a time."""
+    squares = tl.zeros((BR,), dtype=ACC)
+    for k in range(0, C, BK):
+        offs, mask = _tile(g, rows, n_rows, k + tl.arange(0, BK), C)
+        x = tl.load(ptr + offs, mask=mask, other=0.0).to(ACC)
+        squares += tl.sum(x * x, axis=1)
+    return tl.maximum(tl.sqrt(squares), eps)
+
+
+@triton.jit
 def _argmax_kernel(
     points_ptr, centers_ptr, alpha_ptr, beta_ptr, index_ptr,
     N, M, C, eps,
-    SIGMOID: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, ACC: tl.constexpr,
+    SIGMOID: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr,
 ):
     g = tl.program_id(0).to(tl.int64)
     rows_n = tl.program_id(1) * BN + tl.arange(0, BN)
-    cols_c = tl.arange(0, BC)
-    nc_offs, nc_mask = _tile(g, rows_n, N, cols_c, C)
-    unit_pts, _ = _unit_rows(tl.load(points_ptr + nc_offs, mask=nc_mask, other=0.0).to(ACC), eps)
+    pts_norm = _row_norms(points_ptr, g, rows_n, N, C, eps, BN, BK, ACC)
     if SIGMOID:
         alpha = tl.load(alpha_ptr).to(ACC)
         beta = tl.load(beta_ptr).to(ACC)
@@ -73,9 +85,15 @@ def _argmax_kernel(
     best_idx = tl.zeros((BN,), dtype=tl.int32)
     for start in range(0, M, BM):
         rows_m = start + tl.arange(0, BM)
-        mc_offs, mc_mask = _tile(g, rows_m, M, cols_c, C)
-        unit_centers, _ = _unit_rows(tl.load(centers_ptr + mc_offs, mask=mc_mask, other=0.0).to(ACC), eps)
-        score = tl.dot(unit_pts, tl.trans(unit_centers), input_precision="ieee", out_dtype=ACC)
+        ctr_norm = _row_norms(centers_ptr, g, rows_m, M, C, eps, BM, BK, ACC)
+        score = tl.zeros((BN, BM), dtype=ACC)
+        for k in range(0, C, BK):  # channels in chunks: the tiles stay BN x BK and BM x BK for any C
+            cols = k + tl.arange(0, BK)
+            nk_offs, nk_mask = _tile(g, rows_n, N, cols, C)
+            mk_offs, mk_mask = _tile(g, rows_m, M, cols, C)
+            pts = tl.load(points_ptr + nk_offs, mask=nk_mask, other=0.0).to(ACC) / pts_norm[:, None]
+            ctrs = tl.load(centers_ptr + mk_offs, mask=mk_mask, other=0.0).to(ACC) / ctr_norm[:, None]
+            score += tl.dot(pts, tl.trans(ctrs), input_precision="ieee", out_dtype=ACC)
         if SIGMOID:
             score = tl.sigmoid(beta + alpha * score)
         score = tl.where(rows_m[None, :] < M, score, float("-inf"))
@@ -100,7 +118,7 @@ def _assign_kernel(
     cols_d = tl.arange(0, BD)
     valid_m = rows_m < M
     mc_offs, mc_mask = _tile(g, rows_m, M, cols_c, C)
-    unit_centers, _ = _unit_rows(tl.load(centers_ptr + mc_offs, mask=mc_mask, other=0.0).to(ACC), eps)
+    unit_centers, _center_norm = _unit_rows(tl.load(centers_ptr + mc_offs, mask=mc_mask, other=0.0).to(ACC), eps)
     alpha = tl.load(alpha_ptr).to(ACC)
     beta = tl.load(beta_ptr).to(ACC)
     sums = tl.zeros((BM, BD), dtype=ACC)
@@ -109,7 +127,7 @@ def _assign_kernel(
         rows_n = start + tl.arange(0, BN)
         valid_n = rows_n < N
         nc_offs, nc_mask = _tile(g, rows_n, N, cols_c, C)
-        unit_pts, _ = _unit_rows(tl.load(points_ptr + nc_offs, mask=nc_mask, other=0.0).to(ACC), eps)
+        unit_pts, _pts_norm = _unit_rows(tl.load(points_ptr + nc_offs, mask=nc_mask, other=0.0).to(ACC), eps)
         cos = tl.dot(unit_pts, tl.trans(unit_centers), input_precision="ieee", out_dtype=ACC)  # [BN, BM]
         score = tl.where(valid_m[None, :], tl.sigmoid(beta + alpha * cos), float("-inf"))
         idx = tl.argmax(score, axis=1)
@@ -223,24 +241,107 @@ def _check_device(*tensors: torch.Tensor) -> None:
             )
 
 
-def _tile_rows(m: int) -> int:
-    """Points per tile: keep the ``[BN, BM]`` similarity tile at about 4k elements."""
-    return max(16, min(128, 4096 // _block(m)))
+@dataclass(frozen=True)
+class KernelConfig:
+    """Everything Triton compiles one launch of a kernel for: its compile-time constants, the dtype of
+    every pointer argument, and the launch options. The launch code builds its launches from these (via
+    :func:`mix_configs` and :func:`pool_configs`), and ``tests/test_triton_compile.py`` compiles the
+    same configurations for real GPU targets."""
+
+    kernel: Any
+    constexprs: Tuple[Tuple[str, Any], ...]
+    pointers: Tuple[Tuple[str, torch.dtype], ...]
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def launch(self, grid: Tuple[int, ...], *args: Any) -> None:
+        self.kernel[grid](*args, **dict(self.constexprs), num_warps=self.num_warps, num_stages=self.num_stages)
+
+
+#: Channels per chunk in ``_argmax_kernel``: its dot tiles are ``BN x BK`` and ``BM x BK`` whatever C.
+ARGMAX_CHUNK = 64
+#: Points and centres per tile in ``_argmax_kernel`` and points per tile in ``_gather_kernel``.
+ARGMAX_ROWS = 64
+GATHER_ROWS = 64
+
+
+def _tile_rows(m: int, c: int, d: int) -> int:
+    """Points per tile of the fused kernels: keep the ``[BN, BM]``, ``[BN, BC]`` and ``[BN, BD]`` tiles
+    at about 4k elements."""
+    return max(16, min(128, 4096 // max(_block(m), _block(c), _block(d))))
+
+
+def _pointers(kernel: Any, dtypes: Dict[str, torch.dtype]) -> Tuple[Tuple[str, torch.dtype], ...]:
+    names = [a for a in kernel.arg_names if a.endswith("_ptr")]
+    assert set(dtypes) == set(names), (kernel.__name__, sorted(set(dtypes) ^ set(names)))
+    return tuple((a, dtypes[a]) for a in names)
+
+
+def assign_config(m: int, c: int, d: int, dtype: torch.dtype) -> KernelConfig:
+    """``_assign_kernel`` for ``m`` centres, ``c`` feature and ``d`` value channels stored as ``dtype``."""
+    acc_torch, acc_tl = _acc(dtype)
+    ptrs = dict.fromkeys(("points_ptr", "centers_ptr", "values_ptr", "center_values_ptr"), dtype)
+    ptrs.update(dict.fromkeys(("alpha_ptr", "beta_ptr", "cos_ptr", "clusters_ptr", "counts_ptr"), acc_torch))
+    ptrs["index_ptr"] = torch.int64
+    consts = (("BN", _tile_rows(m, c, d)), ("BM", _block(m)), ("BC", _block(c)), ("BD", _block(d)), ("ACC", acc_tl))
+    return KernelConfig(_assign_kernel, consts, _pointers(_assign_kernel, ptrs))
+
+
+def gather_config(d: int, table_dtype: torch.dtype, out_dtype: torch.dtype, scaled: bool) -> KernelConfig:
+    """``_gather_kernel`` reading a ``table_dtype`` table of ``d`` channels into ``out_dtype``."""
+    acc_torch, acc_tl = _acc(table_dtype)
+    ptrs = dict(table_ptr=table_dtype, index_ptr=torch.int64, cos_ptr=acc_torch if scaled else torch.int64,
+                alpha_ptr=acc_torch, beta_ptr=acc_torch, out_ptr=out_dtype)
+    consts = (("SCALE", scaled), ("BN", GATHER_ROWS), ("BD", _block(d)), ("ACC", acc_tl))
+    return KernelConfig(_gather_kernel, consts, _pointers(_gather_kernel, ptrs))
+
+
+def mix_backward_config(m: int, c: int, d: int, dtype: torch.dtype) -> KernelConfig:
+    """``_mix_backward_kernel`` for the shapes and storage dtype of :func:`assign_config`."""
+    acc_torch, acc_tl = _acc(dtype)
+    ptrs = dict.fromkeys(("grad_ptr", "points_ptr", "centers_ptr", "grad_points_ptr", "grad_centers_ptr"), dtype)
+    ptrs.update(dict.fromkeys(("clusters_ptr", "cos_ptr", "counts_ptr", "alpha_ptr", "beta_ptr",
+                               "grad_clusters_ptr", "grad_ab_ptr"), acc_torch))
+    ptrs["index_ptr"] = torch.int64
+    consts = (("BN", _tile_rows(m, c, d)), ("BM", _block(m)), ("BC", _block(c)), ("BD", _block(d)), ("ACC", acc_tl))
+    return KernelConfig(_mix_backward_kernel, consts, _pointers(_mix_backward_kernel, ptrs))
+
+
+def argmax_config(c: int, dtype: torch.dtype, sigmoid: bool) -> KernelConfig:
+    """``_argmax_kernel`` for ``c`` channels stored as ``dtype`` (any number of centres)."""
+    acc_torch, acc_tl = _acc(dtype)
+    ptrs = dict(points_ptr=dtype, centers_ptr=dtype, alpha_ptr=acc_torch, beta_ptr=acc_torch, index_ptr=torch.int64)
+    consts = (("SIGMOID", sigmoid), ("BN", ARGMAX_ROWS), ("BM", ARGMAX_ROWS),
+              ("BK", min(ARGMAX_CHUNK, _block(c))), ("ACC", acc_tl))
+    return KernelConfig(_argmax_kernel, consts, _pointers(_argmax_kernel, ptrs))
+
+
+def mix_configs(m: int, c: int, d: int, dtype: torch.dtype) -> List[KernelConfig]:
+    """The kernels a clustering block's forward and backward launch (:func:`cluster_mix`)."""
+    if not _fits_registers(m, c, d):
+        return [argmax_config(c, dtype, sigmoid=True)]
+    acc = _acc(dtype)[0]
+    return [assign_config(m, c, d, dtype), gather_config(d, acc, dtype, scaled=True),
+            mix_backward_config(m, c, d, dtype), gather_config(d, acc, dtype, scaled=False)]
+
+
+def pool_configs(c: int, dtype: torch.dtype) -> List[KernelConfig]:
+    """The kernels a clustering pool launches (:func:`cluster_pool`)."""
+    return [argmax_config(c, dtype, sigmoid=False)]
 
 
 def _assign(points, centers, values, center_values, alpha, beta):
     g, n, c = points.shape
     m, d = centers.shape[1], values.shape[-1]
-    acc_torch, acc_tl = _acc(points.dtype)
+    acc = _acc(points.dtype)[0]
     index = torch.empty(g, n, dtype=torch.int64, device=points.device)
-    cos = torch.empty(g, n, dtype=acc_torch, device=points.device)
-    clusters = torch.empty(g, m, d, dtype=acc_torch, device=points.device)
-    counts = torch.empty(g, m, dtype=acc_torch, device=points.device)
+    cos = torch.empty(g, n, dtype=acc, device=points.device)
+    clusters = torch.empty(g, m, d, dtype=acc, device=points.device)
+    counts = torch.empty(g, m, dtype=acc, device=points.device)
     if g:
-        _assign_kernel[(g,)](
-            points, centers, values, center_values, alpha, beta, index, cos, clusters, counts,
+        assign_config(m, c, d, points.dtype).launch(
+            (g,), points, centers, values, center_values, alpha.to(acc), beta.to(acc), index, cos, clusters, counts,
             n, m, c, d, _EPS,
-            BN=_tile_rows(m), BM=_block(m), BC=_block(c), BD=_block(d), ACC=acc_tl,
         )
     return index, cos, clusters, counts
 
@@ -250,10 +351,9 @@ def _gather(table, index, cos: Optional[torch.Tensor], alpha, beta, dtype: torch
     n = index.shape[1]
     out = torch.empty(g, n, d, dtype=dtype, device=table.device)
     if g and n:
-        bn = 64
-        _gather_kernel[(g, triton.cdiv(n, bn))](
-            table, index, cos if cos is not None else index, alpha, beta, out, n, m, d,
-            SCALE=cos is not None, BN=bn, BD=_block(d), ACC=_acc(table.dtype)[1],
+        gather_config(d, table.dtype, dtype, scaled=cos is not None).launch(
+            (g, triton.cdiv(n, GATHER_ROWS)),
+            table, index, cos if cos is not None else index, alpha.to(table.dtype), beta.to(table.dtype), out, n, m, d,
         )
     return out
 
@@ -305,11 +405,11 @@ def _mix_backward_op(
     grad_clusters = torch.empty_like(clusters)
     grad_ab = torch.zeros(g, 2, dtype=clusters.dtype, device=points.device)
     if g:
-        _mix_backward_kernel[(g,)](
-            grad, points, centers, clusters, index, cos, counts, alpha, beta,
+        acc = clusters.dtype
+        mix_backward_config(m, c, d, points.dtype).launch(
+            (g,), grad, points, centers, clusters, index, cos, counts, alpha.to(acc), beta.to(acc),
             grad_points, grad_centers, grad_clusters, grad_ab,
             n, m, c, d, _EPS,
-            BN=_tile_rows(m), BM=_block(m), BC=_block(c), BD=_block(d), ACC=_acc(points.dtype)[1],
         )
     grad_values = _gather(grad_clusters, index, None, alpha, beta, grad.dtype)
     grad_alpha, grad_beta = (grad_ab[:, i].sum().reshape(alpha.shape).to(alpha.dtype) for i in (0, 1))
@@ -353,10 +453,9 @@ def _nearest_op(points: torch.Tensor, centers: torch.Tensor, alpha: torch.Tensor
     m = centers.shape[1]
     index = torch.empty(g, n, dtype=torch.int64, device=points.device)
     if g and n:
-        bn = 64
-        _argmax_kernel[(g, triton.cdiv(n, bn))](
-            points, centers, alpha, beta, index, n, m, c, _EPS,
-            SIGMOID=sigmoid, BN=bn, BM=64, BC=_block(c), ACC=_acc(points.dtype)[1],
+        acc = _acc(points.dtype)[0]
+        argmax_config(c, points.dtype, sigmoid).launch(
+            (g, triton.cdiv(n, ARGMAX_ROWS)), points, centers, alpha.to(acc), beta.to(acc), index, n, m, c, _EPS,
         )
     return index
 
@@ -375,8 +474,16 @@ def _fits_registers(m: int, c: int, d: int) -> bool:
     return _block(m) * max(_block(c), _block(d)) <= MAX_FUSED_TILE
 
 
+def _float64_on_gpu(t: torch.Tensor) -> bool:
+    """float64 runs the plain path on a GPU: the kernels are compiled and checked for float32, bfloat16
+    and float16 storage (``tests/test_triton_compile.py``); the interpreter still runs them in float64."""
+    return t.dtype == torch.float64 and not interpreting()
+
+
 def cluster_mix(points, centers, values, center_values, alpha, beta) -> Tuple[torch.Tensor, torch.Tensor]:
     """Fused :func:`fec_backbone.cluster_ops.cluster_mix`: same arguments and results."""
+    if _float64_on_gpu(points):
+        return cluster_ops.cluster_mix(points, centers, values, center_values, alpha, beta, backend="torch")
     if _fits_registers(centers.shape[1], points.shape[-1], values.shape[-1]):
         out, index, *_ = _mix_op(points, centers, values, center_values, alpha, beta)
         return out, index
@@ -389,6 +496,8 @@ def cluster_mix(points, centers, values, center_values, alpha, beta) -> Tuple[to
 
 def cluster_pool(points, centers, values, center_values) -> Tuple[torch.Tensor, torch.Tensor]:
     """Fused :func:`fec_backbone.cluster_ops.cluster_pool`: same arguments and results."""
+    if _float64_on_gpu(points):
+        return cluster_ops.cluster_pool(points, centers, values, center_values, backend="torch")
     scalar = points.new_zeros(1)
     index = _nearest_op(points.detach(), centers.detach(), scalar, scalar, sigmoid=False)
     return aggregate(values, center_values, index, "torch"), index

@@ -15,7 +15,9 @@ projections around the step are plain matrix products with no transpose copies.
 Backends: ``"torch"`` (native ``scatter_add_``, always available), ``"torch_scatter"`` (the optional
 ``torch-scatter`` extension for the scatter-add) and ``"triton"`` (the whole step as fused Triton
 kernels, :mod:`fec_backbone.cluster_kernels`; CUDA, or Triton's interpreter). Choose one with
-:func:`set_backend` or the ``FEC_CLUSTER_BACKEND`` environment variable.
+:func:`set_backend` or the ``FEC_CLUSTER_BACKEND`` environment variable. The default, ``"auto"``,
+resolves per call from the tensors' device (:func:`resolve_backend`): ``"torch"`` on the CPU (the
+fastest there, ``benchmarks/bench_cpu.py``) and :data:`CUDA_DEFAULT_BACKEND` on CUDA.
 """
 from __future__ import annotations
 
@@ -36,9 +38,16 @@ __all__ = [
     "available_backends",
     "get_backend",
     "set_backend",
+    "resolve_backend",
+    "CUDA_DEFAULT_BACKEND",
 ]
 
 _BACKENDS = ("torch", "torch_scatter", "triton")
+
+#: The backend ``"auto"`` uses for CUDA tensors. It stays ``"torch"`` until a GPU run of
+#: ``benchmarks/bench_gpu.py`` shows another backend faster: the only GPU measurement so far (one
+#: H200, 2026-11-27) had the ``triton`` kernels failing to compile, so there is no evidence for them yet.
+CUDA_DEFAULT_BACKEND = "torch"
 
 
 def _torch_scatter_available() -> bool:
@@ -69,8 +78,10 @@ def available_backends() -> Tuple[str, ...]:
 
 
 def _checked(name: str) -> str:
+    if name == "auto":
+        return name
     if name not in _BACKENDS:
-        raise ValueError(f"unknown clustering backend {name!r}; choose one of {_BACKENDS}")
+        raise ValueError(f"unknown clustering backend {name!r}; choose 'auto' or one of {_BACKENDS}")
     if name == "torch_scatter" and not _torch_scatter_available():
         raise ImportError(
             "clustering backend 'torch_scatter' needs the torch-scatter package: "
@@ -84,18 +95,26 @@ def _checked(name: str) -> str:
     return name
 
 
-_backend = _checked(os.environ.get("FEC_CLUSTER_BACKEND", "torch"))
+_backend = _checked(os.environ.get("FEC_CLUSTER_BACKEND", "auto"))
 
 
 def get_backend() -> str:
-    """The backend the clustering ops use when none is passed."""
+    """The backend the clustering ops use when none is passed (``"auto"`` unless set)."""
     return _backend
 
 
 def set_backend(name: str) -> None:
-    """Select the default clustering backend: ``"torch"``, ``"torch_scatter"`` or ``"triton"``."""
+    """Select the default clustering backend: ``"auto"``, ``"torch"``, ``"torch_scatter"`` or ``"triton"``."""
     global _backend
     _backend = _checked(name)
+
+
+def resolve_backend(backend: Optional[str], device: torch.device) -> str:
+    """The backend a call uses: ``backend`` (or the default) with ``"auto"`` resolved for ``device``."""
+    backend = backend or _backend
+    if backend != "auto":
+        return backend
+    return CUDA_DEFAULT_BACKEND if device.type == "cuda" else "torch"
 
 
 def cosine_similarity(centers: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -157,6 +176,47 @@ def chosen_similarity(
     return torch.sigmoid(beta + alpha * (unit_points * own).sum(-1))
 
 
+def _cluster_sums(values: torch.Tensor, index: torch.Tensor, centres: int, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-centre sums of the member values ``[G, M, D]`` and member counts ``[G, M, 1]``."""
+    g, n, d = values.shape
+    counts = torch.zeros(g, centres, 1, dtype=values.dtype, device=values.device)
+    counts = counts.scatter_add(1, index.unsqueeze(-1), torch.ones_like(values[:, :, :1]))
+    expanded = index.unsqueeze(-1).expand(g, n, d)
+    if backend == "torch_scatter":
+        from torch_scatter import scatter_sum
+
+        return scatter_sum(values, expanded, dim=1, dim_size=centres), counts
+    return values.new_zeros(g, centres, d).scatter_add(1, expanded, values), counts
+
+
+@torch.library.custom_op("fec::cluster_sums", mutates_args=())
+def _cluster_sums_op(values: torch.Tensor, index: torch.Tensor, centres: int, use_torch_scatter: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_cluster_sums` as one opaque op for ``torch.compile``: Inductor calls the eager scatter
+    kernel instead of lowering the scatter-add into its own kernel. Its lowering is a fused kernel of
+    atomic adds into the few centres, which serialise: 18.3 ms per call against eager's 0.21 ms on an
+    H200 (FEC-S inference, batch 256, bf16), which made the compiled model slower than eager."""
+    return _cluster_sums(values, index, centres, "torch_scatter" if use_torch_scatter else "torch")
+
+
+@_cluster_sums_op.register_fake
+def _(values, index, centres, use_torch_scatter):
+    g, _, d = values.shape
+    return values.new_empty(g, centres, d), values.new_empty(g, centres, 1)
+
+
+def _cluster_sums_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[1])
+
+
+def _cluster_sums_backward(ctx, grad_sums, grad_counts):
+    (index,) = ctx.saved_tensors
+    grad_values = grad_sums.gather(1, index.unsqueeze(-1).expand(*index.shape, grad_sums.shape[-1]))
+    return grad_values, None, None, None
+
+
+_cluster_sums_op.register_autograd(_cluster_sums_backward, setup_context=_cluster_sums_setup)
+
+
 def aggregate(
     values: torch.Tensor,
     center_values: torch.Tensor,
@@ -166,20 +226,15 @@ def aggregate(
     """Mean of each cluster's members together with its centre value.
 
     values: ``[G, N, D]``, center_values: ``[G, M, D]``, index: ``[G, N]`` (int64) -> ``[G, M, D]``:
-    ``(sum of member values + centre value) / (members + 1)``.
+    ``(sum of member values + centre value) / (members + 1)``. Under ``torch.compile`` the sums are one
+    opaque op (:func:`_cluster_sums_op`); eager calls and ONNX export use the scatter ops directly.
     """
-    g, n, d = values.shape
     m = center_values.shape[1]
-    backend = backend or _backend
-    counts = torch.zeros(g, m, 1, dtype=values.dtype, device=values.device)
-    counts = counts.scatter_add(1, index.unsqueeze(-1), torch.ones_like(values[:, :, :1]))
-    expanded = index.unsqueeze(-1).expand(g, n, d)
-    if backend == "torch_scatter":
-        from torch_scatter import scatter_sum
-
-        sums = scatter_sum(values, expanded, dim=1, dim_size=m)
+    backend = resolve_backend(backend, values.device)
+    if torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export():
+        sums, counts = _cluster_sums_op(values, index, m, backend == "torch_scatter")
     else:
-        sums = values.new_zeros(g, m, d).scatter_add(1, expanded, values)
+        sums, counts = _cluster_sums(values, index, m, backend)
     return (sums + center_values) / (counts + 1.0)
 
 
@@ -207,7 +262,7 @@ def cluster_mix(
     points ``[G, N, C]``, centers ``[G, M, C]``, values ``[G, N, D]``, center_values ``[G, M, D]``,
     alpha and beta scalars (``[1]``) -> (mixed values ``[G, N, D]``, centre index per point ``[G, N]``).
     """
-    backend = backend or _backend
+    backend = resolve_backend(backend, points.device)
     if backend == "triton":
         from . import cluster_kernels
 
@@ -236,7 +291,7 @@ def cluster_pool(
     -> (pooled values ``[G, M, D]``, centre index per point ``[G, N]``). Only the assignment (an
     argmax) depends on ``points`` and ``centers``, so no gradient reaches them.
     """
-    backend = backend or _backend
+    backend = resolve_backend(backend, points.device)
     if backend == "triton":
         from . import cluster_kernels
 

@@ -25,6 +25,7 @@ from timm.models._features_fx import register_notrace_function
 
 from .cluster_ops import cluster_mix, cluster_pool
 from .checkpoint import CheckpointError, fit_state_dict, read_fec_weights
+from .norm import TokenGroupNorm1  # single-group norm of the channels-last blocks, pools and stage output
 
 __all__ = ["FEC", "PRESETS", "VARIANTS", "checkpoint_filter_fn", "count_parameters"]
 
@@ -50,14 +51,6 @@ class GroupNorm1(nn.GroupNorm):
 
     def __init__(self, num_channels: int, eps: float = 1e-5, device=None, dtype=None):
         super().__init__(1, num_channels, eps=eps, device=device, dtype=dtype)
-
-
-class TokenGroupNorm1(GroupNorm1):
-    """The same single-group GroupNorm for channels-last maps ``[B, H, W, C]`` (statistics over H, W
-    and C, affine per channel), as one layer norm over the last three dims plus a fused affine."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.bias, F.layer_norm(x, x.shape[1:], eps=self.eps), self.weight)
 
 
 def to_nchw(x: torch.Tensor) -> torch.Tensor:
@@ -123,6 +116,23 @@ def merge_regions(x: torch.Tensor, batch: int, folds: Tuple[int, int]) -> torch.
     e = g // (batch * fh * fw)
     x = x.view(batch, e, fh, fw, h, w, c).permute(0, 2, 4, 3, 5, 1, 6)
     return x.reshape(batch, fh * h, fw * w, e * c)
+
+
+@register_notrace_function
+def region_centres(fv: torch.Tensor, heads: int, proposals: Tuple[int, int], folds: Tuple[int, int]) -> torch.Tensor:
+    """Centres of every head and fold region straight from the fused map, no split copy of the map.
+
+    ``fv`` ``[B, H, W, 2*heads*C]`` (f and v channels) -> ``[2, B*heads*fh*fw, ph*pw, C]`` in the group
+    order of :func:`split_regions`. One adaptive average pool over the whole map with grid
+    ``(fh*ph, fw*pw)`` gives exactly each region's own ``(ph, pw)`` grid, because a region's bins
+    ``[floor(i*h/ph), ceil((i+1)*h/ph))`` are the whole map's bins shifted by the region's offset.
+    """
+    b, h, w, _ = fv.shape
+    (ph, pw), (fh, fw) = proposals, folds
+    _check_folds(h, w, folds)
+    pooled = F.adaptive_avg_pool2d(to_nchw(fv), (fh * ph, fw * pw))  # [B, 2*E*C, fh*ph, fw*pw]
+    pooled = pooled.view(b, 2, heads, -1, fh, ph, fw, pw).permute(1, 0, 2, 4, 6, 5, 7, 3)
+    return pooled.reshape(2, b * heads * fh * fw, ph * pw, pooled.shape[-1])
 
 
 def _centres(maps: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
@@ -191,9 +201,9 @@ class ClusterMixer(nn.Module):
         b, h, w, _ = x.shape
         weight = torch.cat((self.f.weight, self.v.weight)).flatten(1)
         fv = F.linear(x, weight, torch.cat((self.f.bias, self.v.bias)))
+        centres = region_centres(fv, self.heads, self.proposals, self.folds)
         fv = split_regions(fv.view(b, h, w, 2, self.heads, self.head_dim), self.folds)
         _, g, rh, rw, c = fv.shape
-        centres = _centres(fv.view(2 * g, rh, rw, c), self.proposals).view(2, g, -1, c)
         out, index = cluster_mix(
             fv[0].view(g, rh * rw, c), centres[0], fv[1].view(g, rh * rw, c), centres[1], self.sim_alpha, self.sim_beta
         )

@@ -9,6 +9,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -35,3 +38,29 @@ def test_profile_script_attributes_time_to_model_parts():
     out = _run("benchmarks/profile_fec.py", "--batch", "2", "--size", "64", "64", "--top", "5")
     for part in ("cluster mixer", "cluster pool", "mlp", "norm", "stem", "whole step"):
         assert part in out
+
+
+OFFICIAL = os.environ.get("FEC_OFFICIAL_FEC")  # a saved copy of the official models/fec.py (never committed)
+
+
+@pytest.mark.skipif(not OFFICIAL, reason="set FEC_OFFICIAL_FEC to a saved official models/fec.py to run")
+def test_gpu_benchmark_official_row(tmp_path):
+    figures = tmp_path / "bench.json"
+    out = _run("benchmarks/bench_gpu.py", "--device", "cpu", "--smoke", "--fp32", "--official", OFFICIAL,
+               "--models", "ours", "--json", str(figures))
+    data = json.loads(figures.read_text())
+    assert list(data["classification"]) == ["official", "ours"] and list(data["detection"]) == ["official", "ours"]
+    assert all(r["train"]["img_s"] > 0 and r["infer"]["img_s"] > 0 for r in data["classification"].values())
+    assert "train step: official" in out
+
+
+def test_scatter_sum_shim_sums_rows_into_their_index():
+    """The stand-in for torch_scatter.scatter_sum that the official row uses without torch-scatter."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from bench_gpu import _scatter_sum_shim
+
+    src = torch.randn(7, 3, dtype=torch.float64)
+    index = torch.tensor([2, 0, 2, 4, 0, 2, 1])
+    out = _scatter_sum_shim(src, index, dim=0, dim_size=6)
+    expected = torch.stack([src[index == i].sum(0) for i in range(6)])
+    assert out.shape == (6, 3) and torch.allclose(out, expected)

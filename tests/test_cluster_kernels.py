@@ -106,6 +106,7 @@ def test_model_with_fused_kernels_equals_plain_model():
     randomize_scalars(model)
     x = torch.randn(2, 3, 64, 64, device=DEVICE)
     results = {}
+    previous = cluster_ops.get_backend()
     for backend in ("torch", "triton"):
         cluster_ops.set_backend(backend)
         try:
@@ -114,7 +115,7 @@ def test_model_with_fused_kernels_equals_plain_model():
             out.square().sum().backward()
             results[backend] = out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
         finally:
-            cluster_ops.set_backend("torch")
+            cluster_ops.set_backend(previous)
     (plain, plain_grads), (fused, fused_grads) = results["torch"], results["triton"]
     assert rel_err(fused, plain) < 1e-5
     for name, grad in plain_grads.items():

@@ -253,9 +253,9 @@ def ensure_main_wheel(cache: Path, archive: Path, info: Dict[str, object]) -> Pa
 def install_vendored(cache: Path, folder: Path, info: Dict[str, object], need_setuptools_pin: bool) -> None:
     wheel = ensure_main_wheel(cache, find_vendored(folder), info)
     reqs = [str(wheel)] + (["setuptools<81"] if need_setuptools_pin else [])
-    proc = run(pip_cmd("install", "--force-reinstall", "--no-deps", str(wheel)), PIP_TIMEOUT_S)
-    if proc.returncode == 0:  # then its dependencies, leaving installed ones alone
-        proc = run(pip_cmd("install", *reqs), PIP_TIMEOUT_S)
+    proc = run(pip_cmd("install", *reqs), PIP_TIMEOUT_S)  # with its dependencies
+    if proc.returncode == 0:  # and surely these files, even over an install that calls itself 0.6 too
+        proc = run(pip_cmd("install", "--force-reinstall", "--no-deps", str(wheel)), PIP_TIMEOUT_S)
     if proc.returncode != 0:
         raise InstallError(f"pip install {wheel.name} exited with {proc.returncode}")
 

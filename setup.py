@@ -27,7 +27,7 @@ setup(
         "pillow",
     ],
     extras_require={
-        # Detectron2 itself is not on PyPI: run `python d2_plugin/install_detectron2.py` after this extra.
+        # Detectron2 itself is not on PyPI: run `python scripts/install_detectron2.py` after this extra.
         "d2": ["pycocotools>=2.0.7", "opencv-python-headless"],
         "seg": ["segmentation-models-pytorch>=0.5", "torchmetrics>=1.0", "tensorboard"],
         # torch-scatter builds against the installed torch: pip install --no-build-isolation torch-scatter

@@ -1,48 +1,35 @@
-"""Run-time compatibility shims for Detectron2 on a current Python stack.
+"""Run-time compatibility shims for Detectron2 v0.6 on a current Python stack.
 
-Call :func:`apply` once before importing anything from ``detectron2`` (the
-plugin's ``__init__`` does).  It is idempotent and each shim is installed only
-when the thing it stands in for is actually missing, so on a stack where
-Detectron2 works unaided it changes nothing.
+Call :func:`apply` once before importing anything from ``detectron2`` (the plugin's ``__init__`` does).
+It is idempotent. On Detectron2 main (any checkout after the v0.6 release; :func:`detectron2_line`) it
+changes nothing: main has its compiled ops (``detectron2._C``) and supports current NumPy and Pillow.
+On v0.6 each shim is installed only when the thing it stands in for is missing, and only where v0.6
+uses it, never for the whole process. Line numbers refer to the v0.6 sources.
 
-The shims exist for the pure-Python fallback install of Detectron2 v0.6 made
-by ``d2_plugin/install_detectron2.py`` (see there); line numbers below refer to
-the v0.6 sources.
-
-``detectron2._C`` (compiled ops) missing
-    ``layers/deform_conv.py:11``, ``layers/rotated_boxes.py:4``,
-    ``layers/roi_align_rotated.py:8`` and ``evaluation/fast_eval_api.py:8`` do
-    ``from detectron2 import _C`` at module top, and ``detectron2.layers`` /
-    ``detectron2.evaluation`` import them eagerly, so nothing imports without
-    it.  The ops are only *called* for deformable conv, rotated boxes and
-    ``COCOEvaluator(use_fast_impl=True)``.  We set a placeholder as the
-    attribute ``detectron2._C``; touching any op on it raises
-    :class:`MissingCompiledOpError` naming the op.  ``sys.modules`` gets
-    ``None`` for ``detectron2._C``, so ``import detectron2._C`` still fails
-    with ImportError: ``utils/collect_env.py:84`` (used by
-    ``engine.default_setup``) relies on that to report "not built" instead of
-    calling ``_C.get_compiler_version()``.  Use :func:`has_compiled_ops` to
-    pick ``COCOEvaluator(..., use_fast_impl=has_compiled_ops())``.
-    ``layers/nms.py:62`` (``nms_rotated``) uses ``torch.ops.detectron2`` and
-    then fails with torch's own "No such operator" error.
+``detectron2._C`` (compiled ops) missing, as in the pure-Python fallback install
+    ``layers/deform_conv.py:11``, ``layers/rotated_boxes.py:4``, ``layers/roi_align_rotated.py:8``
+    and ``evaluation/fast_eval_api.py:8`` do ``from detectron2 import _C`` at module top, and
+    ``detectron2.layers`` / ``detectron2.evaluation`` import them eagerly, so nothing imports without
+    it. The ops are only *called* for deformable conv, rotated boxes and
+    ``COCOEvaluator(use_fast_impl=True)``. The attribute ``detectron2._C`` becomes a placeholder;
+    touching any op on it raises :class:`MissingCompiledOpError` naming the op. ``sys.modules`` gets
+    ``None`` for ``detectron2._C``, so ``import detectron2._C`` still fails with ImportError
+    (``utils/collect_env.py:84`` relies on that to report "not built"). Use :func:`has_compiled_ops`
+    to pick ``COCOEvaluator(..., use_fast_impl=has_compiled_ops())``.
 ``PIL.Image.LINEAR`` (removed in Pillow 10)
-    ``data/transforms/transform.py:46`` uses it as a default argument, so
-    ``detectron2.data.transforms`` fails at import.  Aliased to
-    ``Image.BILINEAR`` (its value before removal).  v0.6 uses no other removed
-    Pillow constant (``CUBIC``/``ANTIALIAS`` are unused).
+    ``data/transforms/transform.py:46`` uses it as a default argument, so ``detectron2.data`` fails at
+    import. The alias (to ``Image.BILINEAR``, its value before removal) exists only while
+    ``detectron2.data`` is imported, then is removed again; v0.6 reads it nowhere else.
 ``numpy.int`` / ``numpy.bool`` (removed in NumPy 1.24; ``bool`` is back in 2.0)
-    ``data/build.py:171,175`` (class histogram during
-    ``build_detection_train_loader``; the AttributeError is swallowed at
-    ``build.py:268``, so without the shim the histogram and metadata checks
-    are silently skipped) and ``structures/masks.py:33,36,344`` (polygon →
-    bitmask, ``PolygonMasks.nonempty``).  Aliased to the builtins, which is
-    what they were.  ``np.float``/``np.str`` appear only in semantic
-    segmentation and Pascal VOC code and are left alone.  These aliases are
-    set on the ``numpy`` module, i.e. process-wide.
+    ``data/build.py:171,175`` (class histogram of ``build_detection_train_loader``; the
+    AttributeError is swallowed at ``build.py:268``, so the histogram would be silently skipped) and
+    ``structures/masks.py:33,36,344`` (``np.bool``: polygon to bitmask, ``PolygonMasks.nonempty``).
+    Each of these two modules gets its own view of NumPy with the aliases that are missing (the
+    builtins, which they were); the ``numpy`` module itself is left alone. The semantic-segmentation
+    and Pascal VOC evaluators and the visualizer, which the plugin does not use, are not covered.
 ``pkg_resources`` (gone with setuptools >= 81)
-    Imported at ``model_zoo/model_zoo.py:4`` only (nothing in engine,
-    modeling, data or evaluation imports ``model_zoo``).  Not shimmed: a
-    warning says to install ``setuptools<81`` (the installer does so).
+    Imported by ``model_zoo/model_zoo.py`` only, on v0.6 and main alike. Not shimmed: a warning says
+    to install ``setuptools<81`` (the installer does so).
 """
 
 from __future__ import annotations
@@ -53,23 +40,28 @@ import logging
 import sys
 import types
 import warnings
-from typing import List, NoReturn, Optional, Tuple
+from typing import Dict, List, NoReturn, Optional, Tuple
 
 __all__ = [
     "MissingCompiledOpError",
     "applied_shims",
     "apply",
+    "detectron2_line",
     "detectron2_version",
     "has_compiled_ops",
 ]
 
 logger = logging.getLogger(__name__)
 
-INSTALL_SCRIPT = "python d2_plugin/install_detectron2.py"
+INSTALL_SCRIPT = "python scripts/install_detectron2.py"
 OFFICIAL_INSTALL = (
     "pip install --no-build-isolation "
     "'git+https://github.com/facebookresearch/detectron2.git'"
 )
+
+# The v0.6 modules that the plugin uses and that read removed NumPy aliases, with the names they read.
+_NUMPY_ALIAS_USERS = {"detectron2.data.build": ("int",), "detectron2.structures.masks": ("bool",)}
+_NUMPY_ALIASES = {"int": int, "bool": bool}
 
 _applied: List[str] = []
 _done = False
@@ -136,24 +128,46 @@ def _check_compiled_ops() -> Tuple[bool, Optional[str]]:
     return _compiled_ops
 
 
-def _shim_pillow() -> None:
+def _shim_pillow_during_data_import() -> None:
+    """Import ``detectron2.data`` with ``Image.LINEAR`` present, then remove the alias again."""
     from PIL import Image
 
-    if not hasattr(Image, "LINEAR"):
-        Image.LINEAR = Image.BILINEAR  # type: ignore[attr-defined]
-        _applied.append("PIL.Image.LINEAR")
+    if hasattr(Image, "LINEAR"):
+        importlib.import_module("detectron2.data")
+        return
+    Image.LINEAR = Image.BILINEAR  # type: ignore[attr-defined]
+    try:
+        importlib.import_module("detectron2.data")
+    finally:
+        del Image.LINEAR
+    _applied.append("PIL.Image.LINEAR while importing detectron2.data")
+
+
+class _NumpyWithAliases(types.ModuleType):
+    """NumPy as one v0.6 module sees it: ``numpy`` plus the removed aliases ``int``/``bool``."""
+
+    def __init__(self, aliases: Dict[str, type]) -> None:
+        super().__init__("numpy", "numpy with the aliases Detectron2 v0.6 uses")
+        for name, value in aliases.items():
+            setattr(self, name, value)
+
+    def __getattr__(self, name: str):
+        import numpy
+
+        return getattr(numpy, name)
 
 
 def _shim_numpy() -> None:
     import numpy as np
 
-    for name, value in (("int", int), ("bool", bool)):
+    for module_name, names in _NUMPY_ALIAS_USERS.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            present = hasattr(np, name)
-        if not present:
-            setattr(np, name, value)
-            _applied.append(f"numpy.{name}")
+            missing = {name: _NUMPY_ALIASES[name] for name in names if not hasattr(np, name)}
+        if missing:
+            module = importlib.import_module(module_name)
+            module.np = _NumpyWithAliases(missing)  # type: ignore[attr-defined]
+            _applied.append(f"numpy.{'/'.join(missing)} in {module_name}")
 
 
 def _shim_compiled_ops() -> None:
@@ -183,23 +197,33 @@ def _check_pkg_resources() -> None:
 
 
 def apply() -> None:
-    """Install the shims that this environment needs; safe to call repeatedly.
+    """Install the shims that this Detectron2 needs (none on main); safe to call repeatedly.
 
     Raises:
-        ImportError: ``detectron2`` itself cannot be imported (the message
-            names the install script).
+        ImportError: ``detectron2`` itself cannot be imported (the message names the install script).
     """
     global _done
     if _done:
         return
-    _shim_pillow()
-    _shim_numpy()
     _import_detectron2()
-    _shim_compiled_ops()
+    if detectron2_line() == "0.6":
+        _shim_compiled_ops()  # first: detectron2.data imports detectron2.layers, which needs _C
+        _shim_pillow_during_data_import()
+        _shim_numpy()
     _check_pkg_resources()
     _done = True
     if _applied:
-        logger.info("detectron2 compatibility shims applied: %s", ", ".join(_applied))
+        logger.info("detectron2 v0.6 compatibility shims applied: %s", ", ".join(_applied))
+
+
+def detectron2_line() -> str:
+    """``"main"`` for Detectron2's main branch (any checkout after the v0.6 release), ``"0.6"`` for v0.6.
+
+    Both call themselves ``0.6`` (``detectron2.__version__``); main is told apart by its
+    ``detectron2.tracking`` package, added after the release. Nothing but ``detectron2`` is imported.
+    """
+    _import_detectron2()
+    return "main" if importlib.util.find_spec("detectron2.tracking") is not None else "0.6"
 
 
 def applied_shims() -> Tuple[str, ...]:

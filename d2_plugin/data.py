@@ -8,6 +8,7 @@ the problem.
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import logging
@@ -15,6 +16,7 @@ import os
 from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.data.build import build_batch_data_loader
 from detectron2.data.samplers import TrainingSampler
 
 __all__ = [
@@ -189,5 +191,14 @@ def build_resumable_train_loader(cfg, seed: int, start_iter: int = 0, mapper=Non
     )
     per_rank = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
     sampler = ResumableTrainingSampler(len(dataset), seed=seed, start=start_iter * per_rank)
-    kwargs = {} if mapper is None else {"mapper": mapper}
+    kwargs: Dict[str, Any] = {} if mapper is None else {"mapper": mapper}
+    if _LOADER_TAKES_SEED:
+        # The loader gets its own generator: Detectron2 main makes the loader's iterator lazily, at the
+        # first step after a (re)start, and torch's DataLoader draws its base seed from the global
+        # generator when no generator is given, which would shift the resumed run's random stream.
+        kwargs["seed"] = seed
     return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler, **kwargs)
+
+
+# Detectron2 main's batch loader takes ``seed`` (a generator of its own); v0.6 has no such argument.
+_LOADER_TAKES_SEED = "seed" in inspect.signature(build_batch_data_loader).parameters

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -97,14 +97,17 @@ class TrainingRNG:
         return True
 
 
-def replace_train_loader(trainer: SimpleTrainer, loader) -> None:
-    """Make ``trainer`` (a ``SimpleTrainer``/``AMPTrainer``) draw from ``loader`` from its next step on;
-    works with Detectron2 v0.6 (iterator made in ``__init__``) and main (iterator made lazily)."""
-    trainer.data_loader = loader
-    if isinstance(getattr(type(trainer), "_data_loader_iter", None), property):
-        trainer._data_loader_iter_obj = None
+def replace_train_loader(trainer: SimpleTrainer, build_loader: Callable[[], Iterable]) -> None:
+    """Make ``trainer`` (a ``SimpleTrainer``/``AMPTrainer``) draw from ``build_loader()`` from its next step on.
+
+    Detectron2 main has the public ``SimpleTrainer.reset_data_loader`` for this (its iterator is then made
+    lazily, at the next step); v0.6 has no such method and makes the iterator here, as its ``__init__`` does.
+    """
+    if hasattr(trainer, "reset_data_loader"):
+        trainer.reset_data_loader(build_loader)
     else:
-        trainer._data_loader_iter = iter(loader)
+        trainer.data_loader = build_loader()
+        trainer._data_loader_iter = iter(trainer.data_loader)
 
 
 class ResumableTrainerMixin:
@@ -134,7 +137,7 @@ class ResumableTrainerMixin:
     def resume_or_load(self, resume: bool = True) -> None:
         super().resume_or_load(resume=resume)
         if self.start_iter > 0:
-            replace_train_loader(self._trainer, self.build_train_loader(self.cfg, self.start_iter, self.rng.seed))
+            replace_train_loader(self._trainer, lambda: self.build_train_loader(self.cfg, self.start_iter, self.rng.seed))
         self.rng.restore()
 
     def state_dict(self) -> Dict[str, Any]:

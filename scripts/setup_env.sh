@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create or update the project environment: .venv at the repository root with torch 2.14.1,
-# the package in editable mode with all extras, torch-scatter and Detectron2.
+# the package in editable mode with all extras, torch-scatter and Detectron2 main (official git
+# route, else the vendored snapshot in ../shared/vendor built once and cached, else the v0.6 fallback).
 # Re-running is cheap: pip reuses its cache (torch-scatter's 5-minute build included) and the
 # Detectron2 installer keeps a working install.
 set -euo pipefail
@@ -26,7 +27,7 @@ $PIP -e ".[d2,seg,dev]"
 log "torch-scatter (extra 'scatter'; built against this torch once, then taken from pip's cache)"
 $PY -c "import torch_scatter" 2>/dev/null || $PIP --no-build-isolation "torch-scatter>=2.1"
 
-log "Detectron2"
-$PY d2_plugin/install_detectron2.py
+log "Detectron2 (scripts/install_detectron2.py says which route it took)"
+$PY scripts/install_detectron2.py
 
 log "environment ready: $($PY -c 'import torch, timm; print("torch", torch.__version__, "| timm", timm.__version__)')"

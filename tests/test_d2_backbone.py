@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("detectron2")
+if os.environ.get("FEC_REQUIRE_DETECTRON2") != "1":  # CI requires it: a missing Detectron2 fails
+    pytest.importorskip("detectron2")
 import d2_plugin  # noqa: E402
 from d2_plugin.convert_imagenet import convert  # noqa: E402
 from d2_plugin.solver import build_fec_optimizer  # noqa: E402
@@ -189,16 +190,17 @@ def test_imagenet_init_from_fec_weights(official_checkpoint):
 
 
 def test_imagenet_init_from_converted_model_weights(official_checkpoint, tmp_path):
+    """A converted file names every backbone tensor of the Detectron2 model and nothing else, and the
+    ordinary ``MODEL.WEIGHTS`` path (``DetectionCheckpointer.load``) puts the ImageNet values in place."""
     path, state = official_checkpoint
     converted = tmp_path / "fec_small_d2.pth"
     torch.save(convert(str(path), "fec_small"), converted)
     model = build_model(make_cfg("mask_rcnn_fec_s_fpn_1x_coco.yaml"))
-    checkpointer = DetectionCheckpointer(model)
-    incompatible = checkpointer._load_model(checkpointer._load_file(str(converted)))
-    assert not [k for k in incompatible.missing_keys if k.startswith("backbone.bottom_up.body.")]
-    assert not incompatible.unexpected_keys and not incompatible.incorrect_shapes
+    keys = set(torch.load(converted, weights_only=True)["model"])
+    prefix = "backbone.bottom_up.body."
+    assert keys == {k for k in model.state_dict() if k.startswith(prefix)}
+    DetectionCheckpointer(model).load(str(converted))
     _assert_backbone_equals(model.backbone.bottom_up.body.state_dict(), state)
-    checkpointer.load(str(converted))  # the ordinary MODEL.WEIGHTS path
 
 
 def test_imagenet_init_wrong_checkpoint(tmp_path):

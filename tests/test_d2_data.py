@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-pytest.importorskip("detectron2")
+if os.environ.get("FEC_REQUIRE_DETECTRON2") != "1":  # CI requires it: a missing Detectron2 fails
+    pytest.importorskip("detectron2")
 import d2_plugin  # noqa: E402,F401
 from d2_plugin.data import CocoFormatError, check_datasets, validate_coco_instances  # noqa: E402
 from d2_plugin.toy_data import TOY_CLASSES, make_toy_coco, register_toy_dataset  # noqa: E402
@@ -103,4 +104,5 @@ def test_registered_dataset_checked_before_training(toy, tmp_path):
     register_coco_instances(name, {}, bad, str(toy / "train"))
     with pytest.raises(CocoFormatError, match="missing_00000.png"):
         check_datasets([name])
-    check_datasets(["fec_toytest_val"] if "fec_toytest_val" in DatasetCatalog.list() else [])
+    good = register_toy_dataset(str(toy), prefix="fec_toycheck")
+    check_datasets(good)  # the intact files pass

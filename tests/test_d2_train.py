@@ -12,12 +12,12 @@ import numpy.testing
 import pytest
 import torch
 
-pytest.importorskip("detectron2")
+if os.environ.get("FEC_REQUIRE_DETECTRON2") != "1":  # CI requires it: a missing Detectron2 fails
+    pytest.importorskip("detectron2")
 from d2_plugin.compat import detectron2_version  # noqa: E402
 from d2_plugin.toy_data import prepare_toy_datasets  # noqa: E402
 from d2_plugin.train_net import Trainer  # noqa: E402
 
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.engine import HookBase  # noqa: E402
 from detectron2.utils.env import seed_all_rng  # noqa: E402
@@ -29,17 +29,24 @@ CONFIG = os.path.join(ROOT, "configs", "detectron2", "toy_mask_rcnn_fec_s.yaml")
 MINI = ["DATASETS.TRAIN", "('fec_toy_mini_train',)", "DATASETS.TEST", "('fec_toy_mini_val',)", "SOLVER.IMS_PER_BATCH", "2"]
 
 
+# The learning run: trained from scratch on the 240 generated training images, evaluated on 8 held-out
+# ones (fec_toy_mini_val); the same seed gives the same untrained model for the baseline.
+LEARN = ["DATASETS.TRAIN", "('fec_toy_train',)", "DATASETS.TEST", "('fec_toy_mini_val',)", "SOLVER.MAX_ITER", "150",
+         "SOLVER.WARMUP_ITERS", "20", "SOLVER.CHECKPOINT_PERIOD", "1000"]
+LEARN_MARGIN = 10.0  # box AP points above the untrained model
+
+
 @pytest.fixture(scope="module")
 def datasets_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("datasets")
-    prepare_toy_datasets(["fec_toy_mini_train"], root=str(root))
+    prepare_toy_datasets(["fec_toy_mini_train", "fec_toy_train"], root=str(root))
     return root
 
 
 def _run(args, datasets_dir):
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_dir))
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "d2_plugin", "train_net.py"), *args], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:]
     return proc.stdout
 
@@ -51,17 +58,25 @@ def _ap_lines(log):
             for i in range(len(rows)) if rows[i].startswith("Task: ")}
 
 
-def test_train_net_trains_and_evaluates(datasets_dir, tmp_path):
+def test_train_net_learns(datasets_dir, tmp_path):
+    """``train_net.py`` trains Mask R-CNN FEC-S from scratch for a short while: box AP on held-out images
+    ends clearly above the untrained model's (same seed, ``--eval-only``), COCOEvaluator reports box and
+    mask AP, and ``--eval-only`` on the final weights reproduces the numbers."""
+    common = ["--config-file", CONFIG, *LEARN]
+    untrained = _ap_lines(_run([*common, "--eval-only", "OUTPUT_DIR", str(tmp_path / "untrained")], datasets_dir))
     out = tmp_path / "run"
-    log = _run(["--config-file", CONFIG, *MINI, "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "100",
-                "OUTPUT_DIR", str(out)], datasets_dir)
+    log = _run([*common, "OUTPUT_DIR", str(out)], datasets_dir)
     assert f"Detectron2 {detectron2_version()}" in log
     trained = _ap_lines(log)
-    assert set(trained) == {"bbox", "segm"} and all(len(v) == 6 and 0 <= v[0] <= 100 for v in trained.values())
+    assert set(trained) == set(untrained) == {"bbox", "segm"}
+    assert all(len(v) == 6 and 0 <= v[0] <= 100 for v in trained.values())
+    print(f"box AP {untrained['bbox'][0]:.1f} -> {trained['bbox'][0]:.1f}, "
+          f"mask AP {untrained['segm'][0]:.1f} -> {trained['segm'][0]:.1f}")
+    assert trained["bbox"][0] >= untrained["bbox"][0] + LEARN_MARGIN, (untrained, trained)
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
-    assert metrics[-1]["iteration"] == 3 and "bbox/AP" in metrics[-1] and "segm/AP" in metrics[-1]
-    assert (out / "model_final.pth").is_file()
-    log = _run(["--config-file", CONFIG, "--eval-only", *MINI, "MODEL.WEIGHTS", str(out / "model_final.pth"),
+    assert metrics[-1]["iteration"] == int(LEARN[LEARN.index("SOLVER.MAX_ITER") + 1])
+    assert "bbox/AP" in metrics[-1] and "segm/AP" in metrics[-1]
+    log = _run(["--config-file", CONFIG, "--eval-only", *LEARN, "MODEL.WEIGHTS", str(out / "model_final.pth"),
                 "OUTPUT_DIR", str(tmp_path / "eval")], datasets_dir)
     numpy.testing.assert_equal(_ap_lines(log), trained)  # NaN (no large objects) compares equal
 
@@ -121,7 +136,7 @@ def test_resume_after_interruption_is_exact(datasets_dir, tmp_path):
     assert resumed_losses.losses == {i: expected[i] for i in (2, 3)}
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    final = DetectionCheckpointer(resumed.model)._load_file(str(tmp_path / "crashed" / "model_final.pth"))
+    final = torch.load(tmp_path / "crashed" / "model_final.pth", weights_only=True)
     assert all(torch.equal(final["model"][k], a[k]) for k in a)
 
 
@@ -140,29 +155,33 @@ def test_amp_trainer_state_is_checkpointed(datasets_dir, tmp_path):
     assert {"optimizer", "grad_scaler"} <= set(state)
 
 
-def test_replace_train_loader_on_detectron2_main_layout():
-    """Detectron2 main makes the loader iterator lazily (a property over ``_data_loader_iter_obj``);
-    v0.6 makes it in ``__init__``. Swapping the loader on resume works with both."""
+class _Recorder(torch.nn.Module):
+    """A model for SimpleTrainer that records each batch it is given; its loss is a parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.seen = []
+
+    def forward(self, batch):
+        self.seen.append(batch)
+        return {"loss": self.w * 1.0}
+
+
+def test_replace_train_loader_on_the_installed_trainer():
+    """On the installed Detectron2's own SimpleTrainer (v0.6 makes the loader iterator in ``__init__``,
+    main lazily with a public ``reset_data_loader``): after a swap, the next step draws from the new
+    loader, from its first batch."""
     from d2_plugin.engine import replace_train_loader
     from detectron2.engine import SimpleTrainer
+    from detectron2.utils.events import EventStorage
 
-    class MainStyle(SimpleTrainer):
-        def __init__(self, loader):
-            self.data_loader = loader
-            self._data_loader_iter_obj = iter(loader)
-
-        @property
-        def _data_loader_iter(self):
-            if self._data_loader_iter_obj is None:
-                self._data_loader_iter_obj = iter(self.data_loader)
-            return self._data_loader_iter_obj
-
-    trainer = MainStyle([1, 2])
-    next(trainer._data_loader_iter)
-    replace_train_loader(trainer, [7, 8])
-    assert next(trainer._data_loader_iter) == 7
-    v06 = SimpleTrainer.__new__(SimpleTrainer)
-    v06.data_loader, v06._data_loader_iter = [1, 2], iter([1, 2])
-    if not isinstance(getattr(SimpleTrainer, "_data_loader_iter", None), property):
-        replace_train_loader(v06, [5])
-        assert next(v06._data_loader_iter) == 5
+    model = _Recorder()
+    trainer = SimpleTrainer(model, [[1], [2], [3]], torch.optim.SGD(model.parameters(), lr=0.1))
+    with EventStorage(0):
+        trainer.iter = 0
+        trainer.run_step()
+        replace_train_loader(trainer, lambda: [[7], [8]])
+        for trainer.iter in (1, 2):
+            trainer.run_step()
+    assert model.seen == [[1], [7], [8]]

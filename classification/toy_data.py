@@ -1,9 +1,13 @@
-"""A small generated ImageFolder dataset with a learnable task, for demos and CI.
+"""A small generated ImageFolder dataset whose task needs grouping across the image, for demos and CI.
 
-Each image shows one coloured shape on a noisy, shaded background; the class is the shape (``circle``,
-``square``, ``triangle``, ``cross``), and each class has its own hue range, so a network learns the
-task within a couple of CPU epochs. Position, size, rotation, colours and noise vary per image. Output
-is byte-identical for the same arguments: every image is drawn from its own seeded generator.
+Every image shows the same four shapes (``circle``, ``square``, ``triangle``, ``cross``), one in each
+quarter of the image in random order, on a noisy, shaded background. Three of them share one colour and
+the fourth has another; the class is the kind of that odd-coloured shape. Colours are drawn afresh per
+image from one palette for every class, so neither a colour nor a shape tells the classes apart: a
+network has to find which shape's colour no other shape shares, relating pixels far apart (what FEC's
+clustering token mixers do; ``tests/test_learning.py`` measures FEC against FEC with them switched off).
+Position, size, rotation, colours and noise vary per image. Output is byte-identical for the same
+arguments: every image is drawn from its own seeded generator.
 
     python -m classification.toy_data data/toy            # train/ (120 per class), val/ (40 per class)
     python -m classification.toy_data data/toy --scene data/toy_scene.png   # and a 224 px multi-shape image
@@ -22,9 +26,9 @@ from PIL import Image, ImageDraw
 
 __all__ = ["CLASSES", "make_toy_imagefolder", "draw_toy_image", "draw_toy_scene"]
 
-CLASSES = ("circle", "square", "triangle", "cross")
-#: centre hue (degrees) of each class's shapes; hues are jittered by +-25 degrees per image
-_HUES = {"circle": 0.0, "square": 120.0, "triangle": 220.0, "cross": 55.0}
+CLASSES = ("top_left", "top_right", "bottom_left", "bottom_right")
+#: shapes drawn; all four of an image have the same kind
+SHAPES = ("circle", "square", "triangle", "cross")
 _MANIFEST = "toy_manifest.json"
 
 
@@ -64,22 +68,46 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, rng: np.random.Generator, cx: float, cy: float, r: float) -> None:
-    colour = _hsv_to_rgb(_HUES[kind] + rng.uniform(-25, 25), rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0))
+def _random_colour(rng: np.random.Generator) -> tuple:
+    """A saturated colour with a uniformly random hue: (hue in degrees, saturation, value)."""
+    return rng.uniform(0, 360), rng.uniform(0.65, 1.0), rng.uniform(0.75, 1.0)
+
+
+def _other_colour(rng: np.random.Generator, colour: tuple) -> tuple:
+    """A colour whose hue is at least 90 degrees from ``colour``'s, so that it is clearly another one."""
+    return colour[0] + rng.uniform(90, 270), rng.uniform(0.65, 1.0), rng.uniform(0.75, 1.0)
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, rng: np.random.Generator, cx: float, cy: float, r: float,
+                colour: tuple) -> None:
+    """Draw ``kind`` with ``colour`` (hue, saturation, value), jittered slightly (+-6 degrees of hue)."""
+    hue, sat, val = colour
+    rgb = _hsv_to_rgb(hue + rng.uniform(-6, 6), float(np.clip(sat + rng.uniform(-0.05, 0.05), 0, 1)),
+                      float(np.clip(val + rng.uniform(-0.05, 0.05), 0, 1)))
     if kind == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=rgb)
     else:
-        draw.polygon(_shape_polygon(kind, cx, cy, r, rng.uniform(0, 2 * math.pi)), fill=colour)
+        draw.polygon(_shape_polygon(kind, cx, cy, r, rng.uniform(0, 2 * math.pi)), fill=rgb)
 
 
-def draw_toy_image(kind: str, rng: np.random.Generator, size: int = 64) -> Image.Image:
-    """One RGB image of a ``kind`` shape (one of :data:`CLASSES`) drawn with ``rng``."""
+def draw_toy_image(kind: str, rng: np.random.Generator, size: int = 32) -> Image.Image:
+    """One RGB image of class ``kind`` (one of :data:`CLASSES`) drawn with ``rng``: a shape in each
+    quarter of the image, the one in quarter ``kind`` in one colour and the other three in another."""
     if kind not in CLASSES:
         raise ValueError(f"unknown toy class {kind!r}; choose one of {CLASSES}")
     image = _background(rng, size)
-    r = rng.uniform(0.2, 0.34) * size
-    cx, cy = rng.uniform(r, size - r, size=2)
-    _draw_shape(ImageDraw.Draw(image), kind, rng, cx, cy, r)
+    draw = ImageDraw.Draw(image)
+    common = _random_colour(rng)
+    odd = _other_colour(rng, common)
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    half = size / 2
+    margin = 0.06 * size  # the validation centre crop keeps every shape whole
+    for cell, name in enumerate(CLASSES):
+        r = rng.uniform(0.26, 0.34) * half
+        lo = r + margin / 2
+        cx = (cell % 2) * half + rng.uniform(lo, half - lo)
+        cy = (cell // 2) * half + rng.uniform(lo, half - lo)
+        _draw_shape(draw, shape, rng, cx, cy, r, odd if name == kind else common)
     return image
 
 
@@ -94,7 +122,7 @@ def draw_toy_scene(seed: int = 0, size: int = 224, kinds: Sequence[str] = ("circ
         r = rng.uniform(0.26, 0.34) * half
         cx = (cell % 2) * half + rng.uniform(r, half - r)
         cy = (cell // 2) * half + rng.uniform(r, half - r)
-        _draw_shape(draw, kind, rng, cx, cy, r)
+        _draw_shape(draw, kind, rng, cx, cy, r, _random_colour(rng))
     return image
 
 
@@ -106,7 +134,7 @@ def make_toy_imagefolder(
     root: str,
     train_per_class: int = 120,
     val_per_class: int = 40,
-    size: int = 64,
+    size: int = 32,
     seed: int = 0,
     classes: Sequence[str] = CLASSES,
     verbose: bool = True,
@@ -117,7 +145,7 @@ def make_toy_imagefolder(
     ``root``, raise ``FileExistsError`` rather than being mixed with or overwritten.
     """
     settings = dict(train_per_class=train_per_class, val_per_class=val_per_class, size=size, seed=seed,
-                    classes=list(classes), version=1)
+                    classes=list(classes), version=2)
     manifest = os.path.join(root, _MANIFEST)
     counts = {"train": train_per_class * len(classes), "val": val_per_class * len(classes)}
     if os.path.isfile(manifest):
@@ -158,7 +186,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("root", help="output folder: new, empty, or a toy dataset made with the same settings")
     parser.add_argument("--train-per-class", type=int, default=120)
     parser.add_argument("--val-per-class", type=int, default=40)
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--size", type=int, default=32, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scene", default="", metavar="PNG",
                         help="also write a 224 px image with several shapes (for fec visualize) to this file")

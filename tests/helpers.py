@@ -1,7 +1,8 @@
 """Helpers shared by the tests: the oracle paired with our model, and error measures."""
 from __future__ import annotations
 
-from typing import Dict, Tuple
+import math
+from typing import Dict, Optional, Tuple
 
 import timm
 import torch
@@ -11,13 +12,28 @@ from fec_backbone.checkpoint import map_official_key
 from reference_fec import RefFEC, reference_model
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor, floor: float = 1.0) -> float:
-    """Largest absolute difference relative to the largest magnitude of the reference ``b``.
+#: Rounding steps, in units of the dtype's epsilon times the scale of the computation, that a result may
+#: be off by before it counts as an error (a deep network accumulates a few; see :func:`rel_err`).
+NOISE_ULPS = 16
 
-    Magnitudes below ``floor`` count as ``floor``: small quantities (a scalar gradient summed over
-    many points, a gradient that is zero up to rounding) are compared absolutely, not by their noise.
+
+def rel_err(a: torch.Tensor, b: torch.Tensor, scale: Optional[float] = None) -> float:
+    """Largest absolute difference of ``a`` from the reference ``b``, relative to ``b``'s own largest
+    magnitude, after an allowance for rounding noise.
+
+    ``scale`` is the magnitude of the computation that produced ``b`` (the largest value among the terms
+    it sums, e.g. the largest gradient of the same layer): differences up to
+    ``NOISE_ULPS * eps(dtype) * scale`` are rounding, not error, and are subtracted. This is what
+    matters for a tensor that is zero up to rounding (a gradient that cancels analytically): its noise
+    is within the allowance, while any real difference shows in full. Without ``scale`` the allowance is
+    taken from ``b`` itself, a purely relative measure. A zero reference gives 0.0 or ``inf``.
     """
-    return ((a - b).abs().max() / b.abs().max().clamp_min(floor)).item()
+    ref = b.abs().max().item()
+    allowance = NOISE_ULPS * torch.finfo(b.dtype).eps * (ref if scale is None else scale)
+    excess = max((a - b).abs().max().item() - allowance, 0.0)
+    if ref == 0.0:
+        return 0.0 if excess == 0.0 else math.inf
+    return excess / ref
 
 
 def randomize_scalars(model: torch.nn.Module) -> None:
@@ -52,3 +68,73 @@ def official_state_dict(name: str = "fec_small", seed: int = 0, noise: float = 0
 
 def grads_by_our_key(ref: RefFEC) -> Dict[str, torch.Tensor]:
     return {map_official_key(k): p.grad for k, p in ref.named_parameters()}
+
+
+def _bins(size: int, count: int) -> list:
+    """The index ranges adaptive average pooling of ``size`` into ``count`` bins averages."""
+    return [(i * size // count, -(-(i + 1) * size // count)) for i in range(count)]
+
+
+def brute_force_block_ids(mixer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Cluster ids of a ``ClusterMixer`` on its input ``x`` ``[B, H, W, C]``, computed pixel by pixel
+    from the definition: each pixel's fold region, that region's centres (bin averages of the ``f``
+    features), ``sigmoid(beta + alpha * cosine)`` to each, the first best one; id ``region * M + centre``.
+    Returns ``[B, heads, H, W]``, the layout of :class:`fec_backbone.ClusterRecord` for blocks."""
+    b, h, w, _ = x.shape
+    feats = (x.double() @ mixer.f.weight.double().flatten(1).T + mixer.f.bias.double()).view(b, h, w, mixer.heads, -1)
+    (fh, fw), (ph, pw) = mixer.folds, mixer.proposals
+    rh, rw = h // fh, w // fw
+    alpha, beta = mixer.sim_alpha.double(), mixer.sim_beta.double()
+    ids = torch.empty(b, mixer.heads, h, w, dtype=torch.long)
+    for n in range(b):
+        for head in range(mixer.heads):
+            for ry in range(fh):
+                for rx in range(fw):
+                    region = feats[n, ry * rh:(ry + 1) * rh, rx * rw:(rx + 1) * rw, head]
+                    centres = torch.stack([region[r0:r1, c0:c1].mean((0, 1))
+                                           for r0, r1 in _bins(rh, ph) for c0, c1 in _bins(rw, pw)])
+                    unit_c = centres / centres.norm(dim=1, keepdim=True)
+                    for y in range(rh):
+                        for x_ in range(rw):
+                            p = region[y, x_]
+                            sim = torch.sigmoid(beta + alpha * (unit_c @ (p / p.norm())))
+                            ids[n, head, ry * rh + y, rx * rw + x_] = (ry * fw + rx) * ph * pw + int(sim.argmax())
+    return ids
+
+
+def brute_force_pool_targets(pool: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """For each pixel of a (non-dilated) ``ClusterPool``'s input ``x`` ``[B, H, W, C]``, the flat index
+    on the ``H/2 x W/2`` output map of the centre it votes for, from the definition: its fold region, the
+    region's centres (2x2 averages of the ``conv_f`` features), the first most cosine-similar one, placed
+    at its region's offset on the output map. Returns ``[B, H, W]``, as ``ClusterRecord`` for pools."""
+    b, h, w, _ = x.shape
+    feats = x.double() @ pool.conv_f.weight.double().flatten(1).T + pool.conv_f.bias.double()
+    fh, fw = pool.folds
+    rh, rw = h // fh, w // fw
+    out_w = w // 2
+    targets = torch.empty(b, h, w, dtype=torch.long)
+    for n in range(b):
+        for ry in range(fh):
+            for rx in range(fw):
+                region = feats[n, ry * rh:(ry + 1) * rh, rx * rw:(rx + 1) * rw]
+                cells = [(cy, cx) for cy in range(rh // 2) for cx in range(rw // 2)]
+                centres = torch.stack([region[2 * cy:2 * cy + 2, 2 * cx:2 * cx + 2].mean((0, 1)) for cy, cx in cells])
+                unit_c = centres / centres.norm(dim=1, keepdim=True)
+                for y in range(rh):
+                    for x_ in range(rw):
+                        p = region[y, x_]
+                        cy, cx = cells[int((unit_c @ (p / p.norm())).argmax())]
+                        targets[n, ry * rh + y, rx * rw + x_] = (ry * (rh // 2) + cy) * out_w + rx * (rw // 2) + cx
+    return targets
+
+
+def capture_inputs(model: torch.nn.Module, kinds: tuple) -> Tuple[Dict[str, torch.Tensor], list]:
+    """Record the input of every submodule of the given types during forward passes: ``(inputs by
+    module name, hook handles to remove)``."""
+    inputs: Dict[str, torch.Tensor] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, kinds):
+            handles.append(module.register_forward_pre_hook(
+                lambda m, args, name=name: inputs.__setitem__(name, args[0].detach().clone())))
+    return inputs, handles

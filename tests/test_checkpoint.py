@@ -8,7 +8,7 @@ import torch
 
 from fec_backbone.checkpoint import CheckpointError
 from fec_backbone.checkpoint import map_official_key
-from helpers import official_state_dict
+from helpers import official_state_dict, rel_err
 from reference_fec import reference_model
 
 
@@ -44,7 +44,7 @@ def test_official_checkpoint_loads_exactly(official, wrapping):
     for key, value in state.items():
         assert torch.equal(ours[map_official_key(key)], value), key
     x = torch.randn(1, 3, 224, 224)
-    assert torch.allclose(model(x), ref.eval()(x), atol=1e-5)
+    assert rel_err(model(x), ref.eval()(x)) < 2e-6  # float32: as tests/test_model.py
 
 
 def test_official_checkpoint_with_features_only_and_other_presets(official):
@@ -63,7 +63,7 @@ def test_official_checkpoint_with_new_head_and_in_chans(official):
     assert torch.equal(model.stages[0].blocks[0].mlp.fc1.weight, state["network.0.0.mlp.fc1.weight"])
     stem = model.stem.proj.weight
     assert stem.shape[1] == 3
-    assert torch.allclose(stem[:, 0], state["patch_embed.proj.weight"][:, :3].sum(1))
+    assert rel_err(stem[:, 0], state["patch_embed.proj.weight"][:, :3].sum(1)) == 0.0  # a sum of 3: rounding only
     assert torch.equal(stem[:, 1:], state["patch_embed.proj.weight"][:, 3:])
 
 

@@ -43,17 +43,17 @@ def test_toy_data_is_deterministic_and_refuses_to_mix(tmp_path, toy):
 
 
 def test_corrupt_image_error_names_the_file(toy):
-    bad = os.path.join(toy, "train", "square", "square_0001.png")
+    bad = os.path.join(toy, "train", "top_right", "top_right_0001.png")
     with open(bad, "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\n this is not image data")
     ds = build_dataset(toy, "train")
     index = [p for p, _ in ds.reader.samples].index(bad)
-    with pytest.raises(ImageReadError, match="square_0001.png"):
+    with pytest.raises(ImageReadError, match="top_right_0001.png"):
         ds[index]
     # through a loader worker process as well: the message keeps the path
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, [index]), num_workers=1,
                                          collate_fn=lambda batch: batch)
-    with pytest.raises(ImageReadError, match="square_0001.png"):
+    with pytest.raises(ImageReadError, match="top_right_0001.png"):
         next(iter(loader))
 
 
@@ -75,23 +75,23 @@ def test_empty_or_missing_split_is_reported(toy, tmp_path):
 def test_layout_errors(toy):
     train = os.path.join(toy, "train")
     loose = os.path.join(train, "stray.png")
-    shutil.copy(os.path.join(train, "circle", "circle_0000.png"), loose)
+    shutil.copy(os.path.join(train, "top_left", "top_left_0000.png"), loose)
     with pytest.raises(DatasetError, match="directly inside it"):
         scan_split(train)
     os.remove(loose)
-    os.makedirs(os.path.join(train, "circle", "more"))
+    os.makedirs(os.path.join(train, "top_left", "more"))
     with pytest.raises(DatasetError, match="sub-folders"):
         scan_split(train)
 
 
 def test_validation_classes_follow_the_training_classes(toy):
     names = build_dataset(toy, "train").class_names
-    os.rename(os.path.join(toy, "val", "circle"), os.path.join(toy, "val", "zz_circle_removed"))
+    os.rename(os.path.join(toy, "val", "top_left"), os.path.join(toy, "val", "zz_top_left_removed"))
     with pytest.raises(DatasetError, match="the model does not know"):
         build_dataset(toy, "val", names)
-    os.rename(os.path.join(toy, "val", "zz_circle_removed"), os.path.join(toy, "elsewhere"))
+    os.rename(os.path.join(toy, "val", "zz_top_left_removed"), os.path.join(toy, "elsewhere"))
     val = build_dataset(toy, "val", names)  # a missing class keeps the others' indices
-    assert sorted({t for _, t in val.reader.samples}) == [names.index(c) for c in ("cross", "square", "triangle")]
+    assert sorted({t for _, t in val.reader.samples}) == [names.index(c) for c in ("bottom_left", "bottom_right", "top_right")]
 
 
 def test_shard_sampler_covers_every_sample_once():

@@ -49,14 +49,15 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
-def test_training_learns_and_validate_agrees(toy, tmp_path):
+def test_training_runs_and_validate_agrees(toy, tmp_path):
+    """Two short epochs (what the full toy recipe learns, against a control, is tests/test_learning.py)."""
     out = str(tmp_path / "run")
     result = train.main(["-c", TOY_CFG, "--data-dir", toy, "--img-size", "32", "-b", "16", "--epochs", "2",
                          "--workers", "0", "--threads", "1", "--output", out, "--log-tb"])
     assert result["eval"]["count"] == 64
-    assert result["eval"]["top1"] >= 60.0, result  # 4 classes: chance is 25%
     rows = _rows(os.path.join(out, "summary.csv"))
     assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])  # the optimizer steps do descend
     for name in ("last.pth.tar", "model_best.pth.tar", "checkpoint-1.pth.tar", "args.yaml"):
         assert os.path.isfile(os.path.join(out, name)), name
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(out, "tb")))
@@ -158,10 +159,10 @@ def test_bad_data_stops_training_with_a_clear_error(tmp_path):
     root = str(tmp_path / "toy")
     make_toy_imagefolder(root, train_per_class=2, val_per_class=1, size=32, verbose=False)
     args = ["-c", TOY_CFG, "--data-dir", root, "--img-size", "32", "-b", "8", "--workers", "1", "--threads", "1"]
-    bad = os.path.join(root, "train", "cross", "cross_0001.png")
+    bad = os.path.join(root, "train", "top_left", "top_left_0001.png")
     with open(bad, "wb") as f:
         f.write(b"truncated")
-    with pytest.raises(ImageReadError, match="cross_0001.png"):
+    with pytest.raises(ImageReadError, match="top_left_0001.png"):
         train.main(args + ["--output", str(tmp_path / "a")])
     os.remove(bad)
     os.makedirs(os.path.join(root, "val", "hexagon"))

@@ -7,6 +7,8 @@ import torch
 
 from fec_backbone import chain_to_input, record_clusters
 from fec_backbone import cluster_ops
+from fec_backbone.fec import ClusterMixer, ClusterPool
+from helpers import brute_force_block_ids, brute_force_pool_targets, capture_inputs, randomize_scalars
 
 
 @pytest.mark.parametrize("preset", ["classification", "detection"])
@@ -56,17 +58,51 @@ def test_pool_assignment_matches_recomputed_argmax():
     assert torch.equal(records[0].assignment, expected)  # no folds: output index == centre index
 
 
-def test_chain_to_input_is_consistent_between_stages():
-    model = timm.create_model("fec_small").eval()
+def _recorded_with_inputs(preset: str, size: int):
+    """A float64 FEC (no near-ties), the records of one forward pass and every clustering layer's input."""
+    model = timm.create_model("fec_small", preset=preset).double().eval()
+    randomize_scalars(model)
+    inputs, handles = capture_inputs(model, (ClusterMixer, ClusterPool))
     with torch.no_grad(), record_clusters(model) as records:
-        model(torch.randn(1, 3, 64, 64))
+        model(torch.randn(1, 3, size, size, dtype=torch.float64))
+    for handle in handles:
+        handle.remove()
+    return model, records, inputs
+
+
+@pytest.mark.parametrize("preset,size", [("classification", 64), ("detection", 128)])
+def test_every_record_equals_the_brute_force_assignment(preset, size):
+    """Block ids and pool targets (the folded pool of the detection preset included) equal a pixel-by-pixel
+    evaluation of the similarities from each layer's input, not the op's own index arithmetic."""
+    model, records, inputs = _recorded_with_inputs(preset, size)
+    layers = dict(model.named_modules())
+    assert [r.name for r in records] == list(inputs)
+    for r in records:
+        if r.kind == "block":
+            expected = brute_force_block_ids(layers[r.name], inputs[r.name])
+        else:
+            expected = brute_force_pool_targets(layers[r.name], inputs[r.name])
+        assert torch.equal(r.assignment, expected), r.name
+    if preset == "detection":
+        assert layers[records[3].name].folds == (2, 2) and records[3].kind == "pool"
+
+
+def test_chain_to_input_follows_every_pixel_through_the_pools():
+    """Each stride-4 point's position on every stage's map, by following it pool by pool in plain Python
+    from the brute-force pool targets, equals chain_to_input; detection preset (a folded first pool)."""
+    model, records, inputs = _recorded_with_inputs("detection", 128)
+    layers = dict(model.named_modules())
+    pools = [r.name for r in records if r.kind == "pool"]
+    targets = [brute_force_pool_targets(layers[name], inputs[name])[0] for name in pools]
     chains = chain_to_input(records)
-    assert [c.shape for c in chains] == [(1, 16, 16)] * 4
-    pools = [r for r in records if r.kind == "pool"]
-    for k, pool in enumerate(pools):
-        # a stage-0 point's stage-(k+1) position is where its stage-k position was pooled to
-        assert torch.equal(chains[k + 1], pool.assignment.flatten(1).gather(1, chains[k].flatten(1)).view(1, 16, 16))
-        assert chains[k + 1].max() < pool.num_clusters
+    assert [tuple(c.shape) for c in chains] == [(1, 32, 32)] * 4
+    for y in range(32):
+        for x in range(32):
+            position = (y, x)
+            for k, target in enumerate(targets, start=1):
+                flat = int(target[position])
+                position = divmod(flat, target.shape[1] // 2)
+                assert int(chains[k][0, y, x]) == flat, (k, y, x)
 
 
 def test_recording_needs_fec_layers():

@@ -8,22 +8,41 @@ import torch
 import fec_backbone
 from fec_backbone import FEC, PRESETS, count_parameters
 from fec_backbone.fec import ClusterPool, FrozenConv1x1
-from helpers import grads_by_our_key, oracle_pair, rel_err
+from helpers import NOISE_ULPS, grads_by_our_key, oracle_pair, randomize_scalars, rel_err
 
 OFFICIAL_PARAMS = {"fec_small": 5_727_528, "fec_base": 15_086_848, "fec_large": 29_720_344}
 
 
-def _compare(ref, ours, x, tol):
+def _layer(name: str) -> str:
+    """The layer a parameter belongs to: ``stem``, ``stages.<i>.downsample``, ``stages.<i>.blocks.<j>``..."""
+    parts = name.split(".")
+    return ".".join(parts[:4] if parts[2] == "blocks" else parts[:3]) if parts[0] == "stages" else parts[0]
+
+
+def _errors(ref, ours, x):
+    """Relative errors (:func:`helpers.rel_err`) of the output, the input gradient and every parameter
+    gradient. Each gradient's rounding allowance is scaled by the largest gradient of its layer, the
+    size of the terms its backward pass sums."""
     x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
     y_ref, y_ours = ref(x_ref), ours(x_ours)
-    assert rel_err(y_ours, y_ref) < tol
+    errors = {"output": rel_err(y_ours, y_ref)}
     upstream = torch.randn_like(y_ref)
     y_ref.backward(upstream)
     y_ours.backward(upstream)
-    assert rel_err(x_ours.grad, x_ref.grad) < tol
+    errors["input gradient"] = rel_err(x_ours.grad, x_ref.grad)
     ref_grads = grads_by_our_key(ref)
+    layer_scale = {}
+    for name, _ in ours.named_parameters():
+        layer_scale[_layer(name)] = max(layer_scale.get(_layer(name), 0.0), ref_grads[name].abs().max().item())
     for name, p in ours.named_parameters():
-        assert rel_err(p.grad, ref_grads[name]) < tol, name
+        errors[name] = rel_err(p.grad, ref_grads[name], layer_scale[_layer(name)])
+    return errors
+
+
+def _compare(ref, ours, x, tol):
+    errors = _errors(ref, ours, x)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < tol, f"{worst}: relative error {errors[worst]:.3g} (tolerance {tol:g})"
 
 
 @pytest.mark.parametrize(
@@ -32,22 +51,45 @@ def _compare(ref, ours, x, tol):
 )
 @pytest.mark.parametrize("seed", [1, 2])
 def test_equals_reference_float64(name, preset, size, seed):
-    """Exactness on fresh random inputs: in float64 no assignment can flip by rounding."""
+    """Exactness on fresh random inputs: in float64 no assignment can flip by rounding, so the output and
+    every gradient agree to 1e-9 of their own size (beyond a few ulps of rounding)."""
     torch.manual_seed(seed)
     ref, ours = oracle_pair(name, preset)
     ref.double(), ours.double()
-    _compare(ref, ours, torch.randn(2, 3, size, size, dtype=torch.float64), 1e-10)
+    _compare(ref, ours, torch.randn(2, 3, size, size, dtype=torch.float64), 1e-9)
 
 
 @pytest.mark.parametrize("name,preset,size", [("fec_small", "classification", 224), ("fec_small", "detection", 128)])
 def test_equals_reference_float32(name, preset, size):
-    """Outputs and all gradients within 1e-5 (relative to their largest magnitude) in float32.
+    """Outputs and all gradients within 2e-6 of their own size in float32, beyond NOISE_ULPS ulps of their
+    layer's scale (measured: the largest difference, the input gradient's, is about 9 ulps).
 
     Float32 rounding can flip a near-tied argmax for some inputs, a discontinuity of the function
     itself; the seed is fixed, and the float64 test above covers fresh inputs.
     """
     ref, ours = oracle_pair(name, preset)
-    _compare(ref, ours, torch.randn(2, 3, size, size), 1e-5)
+    _compare(ref, ours, torch.randn(2, 3, size, size), 2e-6)
+
+
+def test_stage3_similarity_features_get_no_gradient_at_detection_preset_128px():
+    """Why the stage-3 ``token_mixer.f`` gradients are rounding noise (about 1e-17 in float64) in the
+    detection preset at 128 px, in the oracle as here: 7x7 centres on a 4x4 map make every point a
+    one-pixel centre of its own (adaptive pooling of 4 into 7 bins), its most similar centre with cosine 1
+    whatever ``f`` is; clusters are single points and ``f`` cannot change the output."""
+    model = timm.create_model("fec_small", preset="detection").double()
+    randomize_scalars(model)
+    with fec_backbone.record_clusters(model.stages[3]) as records:
+        model(torch.randn(2, 3, 128, 128, dtype=torch.float64)).sum().backward()
+    rows, cols = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+    own_centre = (2 * rows * 7 + 2 * cols).expand(2, 8, 4, 4)
+    blocks = [r for r in records if r.kind == "block"]
+    assert len(blocks) == 2 and all(torch.equal(r.assignment, own_centre) for r in blocks)
+    for block in model.stages[3].blocks:
+        mixer = block.token_mixer
+        scale = max(p.grad.abs().max().item() for p in block.parameters())
+        assert mixer.v.weight.grad.abs().max() > 1e-3 * scale  # the values do matter
+        for p in (mixer.f.weight, mixer.f.bias):
+            assert p.grad.abs().max() <= NOISE_ULPS * torch.finfo(torch.float64).eps * scale
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL_PARAMS))

@@ -1,4 +1,4 @@
-"""Cluster visualisation: chained maps partition the pixels and nest from stage to stage, checkpoints of
+"""Cluster visualisation: chained maps equal a pixel-by-pixel calculation, checkpoints of
 every ecosystem load with strict key checks, and ``fec visualize`` writes a non-blank PNG."""
 from __future__ import annotations
 
@@ -14,19 +14,24 @@ from fec_backbone import cli
 from fec_backbone.checkpoint import CheckpointError
 from fec_backbone.checkpoint import extract_fec_weights
 from fec_backbone.visualize import cluster_maps, kmeans, load_fec_backbone
-from helpers import randomize_scalars
+from fec_backbone.fec import ClusterMixer, ClusterPool
+from helpers import brute_force_block_ids, brute_force_pool_targets, capture_inputs, randomize_scalars
 from reference_fec import reference_model
-
-
-def _is_function_of(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Every value of ``a`` maps to a single value of ``b`` (``b`` is constant on each region of ``a``)."""
-    pairs = torch.unique(torch.stack([a.flatten(), b.flatten()]), dim=1)
-    return pairs.shape[1] == torch.unique(a).numel()
 
 
 def _maps(model: nn.Module, size: int, clusters: int = 3):
     x = torch.randn(1, 3, size, size)
     return cluster_maps(model, lambda: model.forward_intermediates(x, intermediates_only=True), clusters)
+
+
+def _chain(targets, y: int, x: int):
+    """The flat position of stride-4 point (y, x) on each later stage's map, pool by pool."""
+    positions, position = [], (y, x)
+    for target in targets:
+        flat = int(target[position])
+        positions.append(flat)
+        position = divmod(flat, target.shape[1] // 2)
+    return positions
 
 
 def test_kmeans_recovers_separated_groups_deterministically():
@@ -41,26 +46,38 @@ def test_kmeans_recovers_separated_groups_deterministically():
 
 
 @pytest.mark.parametrize("preset,size", [("classification", 96), ("detection", 128)])
-def test_maps_partition_the_pixels_and_nest_across_stages(preset, size):
-    model = timm.create_model("fec_small", num_classes=0, preset=preset).eval()
+def test_maps_equal_a_pixel_by_pixel_calculation(preset, size):
+    """Regions, block clusters and k-means groups of ``cluster_maps`` equal what follows from evaluating
+    each layer's similarities pixel by pixel (``helpers.brute_force_*``) and following each stride-4
+    point through the pools in plain Python; detection: folded clustering in stages 0 and 1."""
+    model = timm.create_model("fec_small", num_classes=0, preset=preset).double().eval()
     randomize_scalars(model)
-    maps = _maps(model, size, clusters=3)
+    x = torch.randn(1, 3, size, size, dtype=torch.float64)
+    inputs, handles = capture_inputs(model, (ClusterMixer, ClusterPool))
+    maps = cluster_maps(model, lambda: model.forward_intermediates(x, intermediates_only=True), 3)
+    for handle in handles:
+        handle.remove()
+    layers = dict(model.named_modules())
+    pools = [f"stages.{k}.downsample" for k in (1, 2, 3)]
+    targets = [brute_force_pool_targets(layers[name], inputs[name])[0] for name in pools]
+    last_blocks = [f"stages.{k}.blocks.{len(model.stages[k].blocks) - 1}.token_mixer" for k in range(4)]
+    block_ids = [brute_force_block_ids(layers[name], inputs[name])[0, 0].flatten() for name in last_blocks]
     h0 = size // 4
-    assert len(maps.regions) == 4 and all(r.shape == (h0, h0) for r in maps.regions)
-    assert torch.equal(maps.regions[0].flatten(), torch.arange(h0 * h0))  # stage 0: every point its own
-    for k in range(1, 4):
-        side = h0 >> k
-        # a label per point (a partition), valid on the stage-k map, and each stage-(k-1) region inside one
-        # stage-k region: the chain is consistent from stage to stage
-        assert 0 <= maps.regions[k].min() and maps.regions[k].max() < side * side
-        assert _is_function_of(maps.regions[k - 1], maps.regions[k])
-    final = torch.unique(maps.regions[-1]).numel()
-    assert maps.num_groups == min(3, final)
-    assert sorted(torch.unique(maps.groups).tolist()) == list(range(maps.num_groups))
-    assert _is_function_of(maps.regions[-1], maps.groups)  # k-means groups whole final regions
-    assert [s for _, s, _ in maps.blocks] == [0, 1, 2, 3]
-    for _, stage, ids in maps.blocks:
-        assert ids.shape == (h0, h0) and _is_function_of(maps.regions[stage], ids)
+    assert [name for name, _, _ in maps.blocks] == last_blocks and [s for _, s, _ in maps.blocks] == [0, 1, 2, 3]
+    assert torch.equal(maps.regions[0], torch.arange(h0 * h0).view(h0, h0))
+    for y in range(h0):
+        for x_ in range(h0):
+            positions = [y * h0 + x_] + _chain(targets, y, x_)
+            assert [int(r[y, x_]) for r in maps.regions] == positions, (y, x_)
+            assert [int(ids[y, x_]) for _, _, ids in maps.blocks] == [int(block_ids[k][positions[k]]) for k in range(4)]
+    # k-means groups of the final centres: their features are the 2x2 averages of the last pool's conv_f map
+    last = layers[pools[-1]]
+    feats = inputs[pools[-1]][0] @ last.conv_f.weight.flatten(1).T + last.conv_f.bias  # [h, w, C]
+    centres = feats.unfold(0, 2, 2).unfold(1, 2, 2).mean((-1, -2)).flatten(0, 1)  # [h/2 * w/2, C], row-major
+    used = sorted(set(maps.regions[-1].flatten().tolist()))
+    labels = kmeans(centres[used], 3)
+    expected = torch.tensor([int(labels[used.index(int(p))]) for p in maps.regions[-1].flatten()]).view(h0, h0)
+    assert torch.equal(maps.groups, expected) and maps.num_groups == min(3, len(used))
 
 
 def test_maps_of_an_fec_inside_another_model():

@@ -156,14 +156,18 @@ class Stem(nn.Module):
         self.in_chans = in_chans
         self.proj = nn.Conv2d(in_chans + 2, dim, kernel_size=patch_size, stride=patch_size, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        rows = torch.arange(h, device=x.device, dtype=torch.float32) / (h - 1.0) - 0.5
-        cols = torch.arange(w, device=x.device, dtype=torch.float32) / (w - 1.0) - 0.5
+    def forward(self, x: torch.Tensor, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """``size``: the ``(H, W)`` of the real image when ``x`` is that image padded at the bottom and
+        right; its pixels then get the coordinates they have unpadded (padding continues the ramps past
+        0.5). Default: ``x``'s own size."""
+        b, _, hp, wp = x.shape
+        h, w = (hp, wp) if size is None else size
+        rows = torch.arange(hp, device=x.device, dtype=torch.float32) / (h - 1.0) - 0.5
+        cols = torch.arange(wp, device=x.device, dtype=torch.float32) / (w - 1.0) - 0.5
         coords = torch.stack(
-            (rows.view(h, 1).expand(h, w), cols.view(1, w).expand(h, w)), dim=0
+            (rows.view(hp, 1).expand(hp, wp), cols.view(1, wp).expand(hp, wp)), dim=0
         ).to(x.dtype)
-        x = torch.cat((x, coords.unsqueeze(0).expand(b, 2, h, w)), dim=1)
+        x = torch.cat((x, coords.unsqueeze(0).expand(b, 2, hp, wp)), dim=1)
         return to_nhwc(self.proj(x))
 
 
@@ -373,6 +377,7 @@ class FEC(nn.Module):
         in_chans: image channels (the stem sees ``in_chans + 2`` with the coordinates).
         num_classes: classifier outputs; 0 for no classifier.
         global_pool: ``'avg'`` or ``''`` (no pooling in :meth:`forward_head`).
+        output_stride: 32, or 8/16 for dense prediction (:meth:`set_output_stride`).
     """
 
     def __init__(
@@ -398,11 +403,6 @@ class FEC(nn.Module):
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        if output_stride != 32:
-            raise ValueError(
-                f"FEC supports output_stride=32 only (got {output_stride}): its clustering pools always halve "
-                "the resolution, so it has no dilated mode; use a decoder that takes stride-32 features"
-            )
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         n = len(layers)
@@ -447,6 +447,28 @@ class FEC(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
+        self.set_output_stride(output_stride)
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Dilate for dense prediction (timm's ``output_stride``): the stages whose stride would exceed
+        ``output_stride`` (8 or 16) stay at it, their clustering pools dilated
+        (:meth:`ClusterPool.dilate`: same centres, weights and state-dict keys); ``feature_info``
+        reductions follow. Inputs still need sides divisible by the undilated stride (32)."""
+        strides = [4 * 2**i for i in range(len(self.feature_info))]
+        current = self.feature_info[-1]["reduction"]
+        if current != strides[-1]:
+            raise ValueError(f"FEC is already dilated to output stride {current}")
+        allowed = [s for s in strides[1:-1] if strides[-1] // s <= 4] + strides[-1:]  # a pool dilates by 2 or 4
+        if output_stride not in allowed:
+            raise ValueError(
+                f"FEC supports output_stride {allowed} (the smaller ones dilate the clustering pools of the "
+                f"deeper stages), got {output_stride}"
+            )
+        for i, stage in enumerate(self.stages):
+            if strides[i] > output_stride:
+                stage.downsample.dilate(strides[i] // output_stride)
+        for info, stride in zip(self.feature_info, strides):
+            info["reduction"] = min(stride, output_stride)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -508,7 +530,8 @@ class FEC(nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs ``[B, C_i, H/4/2^i, W/4/2^i]`` (channels_last views) for the stages in ``indices``.
+        """Stage outputs ``[B, C_i, H/r_i, W/r_i]`` (channels_last views; ``r_i`` is ``feature_info``'s
+        reduction: ``4 * 2**i``, at most ``output_stride``) for the stages in ``indices``.
 
         With ``norm=True`` the last stage's output passes the final norm, as in ``forward_features``.
         """
@@ -546,8 +569,8 @@ class FEC(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, in_chans, H, W]`` -> normalised last-stage map ``[B, C, H/32, W/32]`` (a channels_last
-        view: the stages run on channels-last maps)."""
+        """``[B, in_chans, H, W]`` -> normalised last-stage map ``[B, C, H/s, W/s]`` (``s``: the output
+        stride; a channels_last view: the stages run on channels-last maps)."""
         check_input(x, self.in_chans, self.reduction)
         return to_nchw(self.norm(self.stages(self.stem(x))))
 

@@ -11,8 +11,14 @@ modules and state-dict keys and only adapts the output to smp's encoder contract
 * stages beyond ``depth`` are dropped, so (for depth >= 2) every parameter takes part in the forward pass (DDP needs no
   ``find_unused_parameters``);
 * ``set_in_channels`` rebuilds the stem for ``in_channels + 2`` inputs (image plus coordinates);
-* ``make_dilated`` keeps the resolution of the deeper stages for ``output_stride`` 8 or 16 (see
-  :meth:`fec_backbone.fec.ClusterPool.dilate`).
+* ``make_dilated`` keeps the resolution of the deeper stages for ``output_stride`` 8 or 16, through the
+  core model's :meth:`fec_backbone.FEC.set_output_stride` (the mechanism ``timm.create_model(...,
+  output_stride=16)`` and smp's ``tu-fec_*`` use);
+* any input size: an image whose sides the encoder's stride (32 at depth 5) does not divide is
+  zero-padded at the bottom and right, its pixels keep the coordinate channels they have unpadded
+  (:class:`fec_backbone.fec.Stem` ``size``), and every stride-``s`` map is cropped to
+  ``ceil(H/s) x ceil(W/s)`` (the cells that touch real pixels; a stride-``s`` CNN gives the same sizes)
+  before its output norm. Divisible inputs run exactly as before (no padding, no crop).
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from segmentation_models_pytorch.encoders._base import EncoderMixin
 from timm.models import adapt_input_conv
 
@@ -117,14 +124,12 @@ class FecEncoder(FEC, EncoderMixin):
 
     def make_dilated(self, output_stride: int) -> None:
         """Keep the stages deeper than ``output_stride`` (8 or 16) at that stride by dilating their
-        clustering pools (:meth:`fec_backbone.fec.ClusterPool.dilate`)."""
+        clustering pools: the core model's :meth:`fec_backbone.FEC.set_output_stride`."""
         if output_stride not in (8, 16):
             raise ValueError(f"Output stride should be 16 or 8, got {output_stride}.")
         if self._output_stride != 32:
             raise ValueError(f"the encoder is already dilated to output stride {self._output_stride}")
-        for stride, (stage,) in self.get_stages().items():
-            if stride > output_stride:
-                stage.downsample.dilate(stride // output_stride)
+        self.set_output_stride(output_stride)
         self._output_stride = output_stride
 
     def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
@@ -143,15 +148,20 @@ class FecEncoder(FEC, EncoderMixin):
         return super().load_state_dict({k: v for k, v in state_dict.items() if needed(k)}, strict=strict, assign=assign)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """``[B, in_channels, H, W]`` -> ``depth + 1`` maps; H and W must be divisible by ``2**depth``
-        (32 at the default depth), otherwise ``ValueError`` says how to pad."""
+        """``[B, in_channels, H, W]`` (any ``H, W >= 2``) -> ``depth + 1`` maps; level ``k`` is
+        ``ceil(H/s_k) x ceil(W/s_k)`` with ``s_k = min(2**k, output_stride)``."""
+        check_input(x, self.in_chans, 1)
         b, _, h, w = x.shape
-        features = [x, torch.empty([b, 0, h // 2, w // 2], dtype=x.dtype, device=x.device)]
+        features = [x, torch.empty([b, 0, -(-h // 2), -(-w // 2)], dtype=x.dtype, device=x.device)]
         if self._depth < 2:
             return features
-        check_input(x, self.in_chans, self.reduction)
-        x = self.stem(x)
-        for stage, norm in zip(self.stages, self.out_norms):
-            x = stage(x)
-            features.append(norm(to_nchw(x)))  # stages run on channels-last [B, H, W, C] maps
+        if h < 2 or w < 2:
+            raise ValueError(f"FEC needs images of at least 2x2 pixels (its coordinate channels span them), got {h}x{w}")
+        pad_h, pad_w = -h % self.reduction, -w % self.reduction
+        padded = bool(pad_h or pad_w)
+        x = self.stem(F.pad(x, (0, pad_w, 0, pad_h)) if padded else x, (h, w))
+        for stage, norm, info in zip(self.stages, self.out_norms, self.feature_info):
+            x = stage(x)  # stages run on channels-last [B, H, W, C] maps
+            s = info["reduction"]
+            features.append(norm(to_nchw(x[:, : -(-h // s), : -(-w // s)] if padded else x)))
         return features

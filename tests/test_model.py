@@ -250,3 +250,34 @@ def test_dilated_pool_sends_each_pixel_its_centre():
     assert plain.conv_skip.stride == (1, 1) and plain.conv_skip.dilation == (1, 1)
     assert torch.allclose(captured["dilated"].reshape(256, 64), spread)
     assert records[0].kind == "dilated_pool"
+
+
+@pytest.mark.parametrize("output_stride,reductions", [(16, [4, 8, 16, 16]), (8, [4, 8, 8, 8])])
+def test_output_stride_through_timm(output_stride, reductions):
+    """timm's ``output_stride``: the deeper stages stay at it (their pools dilated), feature_info says so,
+    and the stages before the first dilated pool compute exactly what the undilated model does."""
+    plain = timm.create_model("fec_small", features_only=True, preset="segmentation").eval()
+    model = timm.create_model("fec_small", features_only=True, preset="segmentation", output_stride=output_stride)
+    model.load_state_dict(plain.state_dict())
+    assert model.feature_info.reduction() == reductions
+    pools = [s.downsample for s in model.model.stages[1:]]
+    assert [p.rate if p.dilated else 0 for p in pools] == {16: [0, 0, 2], 8: [0, 2, 4]}[output_stride]
+    x = torch.randn(2, 3, 128, 96)
+    with torch.no_grad():
+        outs, ref = model.eval()(x), plain(x)
+    assert [tuple(o.shape) for o in outs] == [(2, c, 128 // r, 96 // r) for c, r in zip([32, 64, 196, 320], reductions)]
+    undilated = reductions.index(output_stride) + 1  # stages up to the first that would go past output_stride
+    for a, b in zip(outs[:undilated], ref[:undilated]):
+        assert torch.equal(a, b)
+    classifier = timm.create_model("fec_small", output_stride=output_stride, num_classes=5)
+    assert classifier(torch.randn(1, 3, 64, 64)).shape == (1, 5)
+
+
+def test_bad_output_stride_is_explained():
+    for bad in (4, 12, 64):
+        with pytest.raises(ValueError, match=rf"FEC supports output_stride \[8, 16, 32\].*got {bad}"):
+            timm.create_model("fec_small", output_stride=bad)
+    model = timm.create_model("fec_small", output_stride=16)
+    with pytest.raises(ValueError, match="already dilated to output stride 16"):
+        model.set_output_stride(8)
+    timm.create_model("fec_small", output_stride=32).set_output_stride(32)  # the undilated stride: nothing to do

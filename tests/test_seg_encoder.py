@@ -1,6 +1,8 @@
 """The FEC smp encoders against what smp's own encoder tests (``tests/encoders/base.py``) check:
 forward/backward, in_channels 1/3/4, depths, invalid depths, dilation, torch.compile, torch.export,
-TorchScript (not supported: a clear RuntimeError); plus the adapter's own guarantees."""
+TorchScript (not supported: a clear RuntimeError); plus the adapter's own guarantees: feature values
+equal to the core model's (dilated or not), any input size as a CNN encoder takes it, and smp's
+``tu-fec_small`` route with timm's ``output_stride``."""
 from __future__ import annotations
 
 import copy
@@ -8,11 +10,15 @@ import warnings
 
 import pytest
 import segmentation_models_pytorch as smp
+import timm
 import torch
+import torch.nn.functional as F
 from segmentation_models_pytorch.encoders import get_encoder
 
 import seg_plugin
 from fec_backbone import PRESETS
+from fec_backbone.fec import to_nhwc
+from helpers import randomize_scalars, rel_err
 from seg_plugin import FecEncoder
 
 NAMES = ["fec_s", "fec_b", "fec_l"]
@@ -137,11 +143,127 @@ def test_segmentation_preset_is_the_default_and_params_are_settable():
     smp.encoders.encoders.pop("fec_s_test_p")
 
 
-@pytest.mark.parametrize("size", [(63, 64), (64, 80), (48, 48)])
-def test_input_not_divisible_by_32_rejected_clearly(size):
+def randomized(encoder: FecEncoder) -> FecEncoder:
+    """Non-trivial layer scales, similarity scalars and output-norm affines, so every path shows."""
+    randomize_scalars(encoder)
+    with torch.no_grad():
+        for norm in encoder.out_norms:
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    return encoder.eval()
+
+
+def core_like(encoder: FecEncoder, output_stride: int = 32) -> torch.nn.Module:
+    """The timm core model (``fec_small``, segmentation preset) at ``output_stride`` with the encoder's
+    weights; it has no output norms (those are the encoder's own)."""
+    core = timm.create_model("fec_small", preset="segmentation", num_classes=0, output_stride=output_stride)
+    missing, unexpected = core.load_state_dict(
+        {k: v for k, v in encoder.state_dict().items() if not k.startswith("out_norms.")}, strict=False
+    )
+    assert not unexpected and all(k.startswith("norm.") for k in missing), (missing, unexpected)
+    return core.eval()
+
+
+@pytest.mark.parametrize("output_stride", [32, 16, 8])
+def test_features_equal_the_core_model(output_stride):
+    """Each smp feature map is the core model's ``forward_intermediates`` output passed through the
+    encoder's output norm of that stage, bit for bit, dilated or not."""
+    encoder = randomized(get_encoder("fec_s", weights=None, output_stride=output_stride))
+    core = core_like(encoder, output_stride)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        features = encoder(x)
+        stages = core.forward_intermediates(x, intermediates_only=True)
+    assert torch.equal(features[0], x) and features[1].shape == (2, 0, 32, 48)
+    for feature, stage, norm in zip(features[2:], stages, encoder.out_norms):
+        assert feature.shape == stage.shape
+        assert torch.equal(feature, norm(stage))
+    assert not torch.equal(features[-1], stages[-1])  # the output norms do change the maps
+
+
+SIZES = [(67, 71), (259, 263), (33, 97), (64, 70)]
+
+
+@pytest.mark.parametrize("output_stride", [32, 16, 8])
+def test_any_size_gives_the_feature_sizes_of_resnet34(output_stride):
+    """Sides the encoder's stride does not divide: every level has the size a CNN encoder gives
+    (resnet34's, ``ceil(H / s)``), so smp's decoders line up as with resnet34."""
+    encoder = get_encoder("fec_s", weights=None, output_stride=output_stride).eval()
+    resnet = get_encoder("resnet34", weights=None, output_stride=output_stride).eval()
+    for size in SIZES:
+        x = torch.rand(1, 3, *size)
+        with torch.no_grad():
+            ours, theirs = encoder(x), resnet(x)
+        assert [f.shape[2:] for f in ours] == [f.shape[2:] for f in theirs], size
+        assert [f.shape[1] for f in ours] == encoder.out_channels
+
+
+def stem_input(run, encoder: FecEncoder, x: torch.Tensor) -> torch.Tensor:
+    """What the stem convolution receives (image plus coordinate channels) when ``run(x)`` runs."""
+    seen = []
+    handle = encoder.stem.proj.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            run(x)
+    finally:
+        handle.remove()
+    assert len(seen) == 1
+    return seen[0]
+
+
+def test_divisible_input_is_not_padded():
+    encoder = get_encoder("fec_s", weights=None).eval()
+    assert stem_input(encoder, encoder, torch.rand(1, 3, 64, 96)).shape == (1, 5, 64, 96)
+    assert stem_input(encoder, encoder, torch.rand(1, 3, 64, 97)).shape == (1, 5, 64, 128)
+
+
+@pytest.mark.parametrize("output_stride", [32, 16])
+def test_padded_input_features_are_the_documented_crop(output_stride):
+    """A 67x71 image is zero-padded to 96x96 at the bottom and right; its pixels keep the coordinate
+    channels they have unpadded (the ramps continue into the padding); each stride-s map is cropped to
+    ceil(67/s) x ceil(71/s) before its output norm. The expectation is built here from those rules
+    with the core model's stages."""
+    encoder = randomized(get_encoder("fec_s", weights=None, output_stride=output_stride))
+    core = core_like(encoder, output_stride)
+    h, w = 67, 71
+    x = torch.randn(2, 3, h, w)
+    padded_in = stem_input(encoder, encoder, x)
+    assert padded_in.shape == (2, 5, 96, 96)
+    assert torch.equal(padded_in[:, :3, :h, :w], x)
+    assert not padded_in[:, :3, h:].any() and not padded_in[:, :3, :, w:].any()
+    plain_in = stem_input(encoder.stem, encoder, x)  # the stem on the unpadded image
+    assert torch.equal(padded_in[:, 3:, :h, :w], plain_in[:, 3:])
+    rows, cols = torch.linspace(-0.5, 0.5, h), torch.linspace(-0.5, 0.5, w)
+    assert rel_err(padded_in[0, 3, :h, :w], rows[:, None].expand(h, w)) < 1e-6
+    assert rel_err(padded_in[0, 4, :h, :w], cols[None, :].expand(h, w)) < 1e-6
+    row_steps = padded_in[0, 3, 1:, 0] - padded_in[0, 3, :-1, 0]  # the ramps continue past 0.5
+    col_steps = padded_in[0, 4, 0, 1:] - padded_in[0, 4, 0, :-1]
+    assert rel_err(row_steps, torch.full((95,), 1 / (h - 1))) < 1e-5
+    assert rel_err(col_steps, torch.full((95,), 1 / (w - 1))) < 1e-5
+
+    image = F.pad(x, (0, 96 - w, 0, 96 - h))
+    steps = torch.arange(96.0)
+    ramps = torch.stack((steps[:, None].expand(96, 96) / (h - 1) - 0.5, steps[None, :].expand(96, 96) / (w - 1) - 0.5))
+    stem = encoder.stem.proj
+    with torch.no_grad():
+        t = to_nhwc(F.conv2d(torch.cat((image, ramps.expand(2, 2, 96, 96)), 1), stem.weight, stem.bias, stride=4))
+        expected = []
+        for stage, norm, stride in zip(core.stages, encoder.out_norms, core.feature_info):
+            t = stage(t)
+            s = stride["reduction"]
+            expected.append(norm(t[:, : -(-h // s), : -(-w // s)].permute(0, 3, 1, 2)))
+        features = encoder(x)
+    for feature, reference in zip(features[2:], expected):
+        assert feature.shape == reference.shape
+        assert rel_err(feature, reference) < 1e-5
+
+
+def test_too_small_or_malformed_input_is_explained():
     encoder = get_encoder("fec_s", weights=None)
-    with pytest.raises(ValueError, match=r"divisible by 32, got \d+x\d+; resize or pad the image \(e.g. to \d+x\d+\)"):
-        encoder(torch.rand(1, 3, *size))
+    with pytest.raises(ValueError, match=r"at least 2x2 pixels .* got 1x40"):
+        encoder(torch.rand(1, 3, 1, 40))
+    with pytest.raises(ValueError, match=r"4-D \[B, C, H, W\]"):
+        encoder(torch.rand(3, 64, 64))
 
 
 def test_load_state_dict_drops_what_an_encoder_does_not_hold():
@@ -188,8 +310,8 @@ def test_torch_compile():
             torch.testing.assert_close(a, b)
 
 
-# smp's timm-universal route: ``tu-fec_small`` (no dilation there: a clear ValueError, as smp's test
-# expects with supports_dilated=False).
+# smp's timm-universal route: ``tu-fec_small`` (timm's features_only model; smp passes output_stride
+# to timm, which dilates through the same FEC.set_output_stride as the registry encoder).
 
 
 def test_timm_universal_route(sample):
@@ -203,7 +325,23 @@ def test_timm_universal_route(sample):
             assert len(get_encoder("tu-fec_small", weights=None, depth=depth).eval()(sample)) == depth + 1
     for in_channels in (1, 4):
         get_encoder("tu-fec_small", weights=None, in_channels=in_channels).eval()(torch.rand(1, in_channels, 64, 64))
-    with pytest.raises(ValueError, match="output_stride=32 only"):
-        get_encoder("tu-fec_small", weights=None, output_stride=16)
     tuned = get_encoder("tu-fec_small", weights=None, proposals=(10, 10, 5, 5))
     assert tuned.model.model.stages[3].blocks[0].token_mixer.proposals == (5, 5)
+
+
+@pytest.mark.parametrize("output_stride", [32, 16, 8])
+def test_timm_universal_route_dilated_equals_the_registry_encoder(output_stride):
+    """``tu-fec_small`` with smp's output_stride: the strides smp's dilated test expects, and (same
+    weights) the registry encoder's dilated features before its output norms."""
+    encoder = randomized(get_encoder("fec_s", weights=None, output_stride=output_stride))
+    universal = get_encoder("tu-fec_small", weights=None, output_stride=output_stride, preset="segmentation").eval()
+    assert universal.output_stride == encoder.output_stride == output_stride
+    universal.model.model.load_state_dict({k: v for k, v in encoder.state_dict().items() if not k.startswith("out_norms.")})
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ours, theirs = encoder(x), universal(x)
+    assert strides(x, theirs)[0] == [min(s, output_stride) for s in STRIDES]
+    for a, b, norm in zip(ours[2:], theirs[2:], encoder.out_norms):
+        assert torch.equal(a, norm(b))
+    with pytest.raises(ValueError, match=r"FEC supports output_stride \[8, 16, 32\].*got 4"):
+        get_encoder("tu-fec_small", weights=None, output_stride=4)

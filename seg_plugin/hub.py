@@ -27,8 +27,7 @@ import torch
 
 from fec_backbone.checkpoint import CheckpointError, read_checkpoint
 from fec_backbone.fec import FEC, MODEL_ARGS, checkpoint_filter_fn
-
-from ._files import atomic_write
+from fec_backbone.training import atomic_write
 
 __all__ = [
     "ENCODER_VARIANTS",

@@ -317,9 +317,13 @@ class SegmentationModule(L.LightningModule):
                        "and random state differ from an uninterrupted run", file=sys.stderr)
 
     def on_train_start(self) -> None:
-        if self._rng is not None:  # last: after everything that draws random numbers while resuming
+        """Each rank's own random stream (dropout, drop path): the checkpoint's when resuming, else seeded by
+        rank (Lightning seeds every rank alike when it sets up DDP)."""
+        if self._rng is not None:
             restore_rng_state(self._rng)
             self._rng = None
+        else:
+            L.seed_everything(self.cfg.train.seed + 1 + self.global_rank, verbose=False)
 
 
 class _AtomicCheckpointIO(TorchCheckpointIO):
@@ -330,13 +334,14 @@ class _AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class _StopOnSignal(Callback):
-    """SIGINT/SIGTERM: finish the optimizer step, write ``last.ckpt`` on every rank's behalf, raise
-    :class:`Interrupted`. Lightning's own SIGTERM stop can fall inside a gradient accumulation and is
-    decided per rank; this one waits for a step boundary and agrees across ranks."""
+    """SIGINT/SIGTERM: finish the optimizer step, write ``last.ckpt`` (all ranks agree on the step), then
+    raise :class:`Interrupted` before the next batch, once Lightning has logged the step. Lightning's own
+    SIGTERM stop can fall inside a gradient accumulation and is decided per rank."""
 
     def __init__(self, path: Path, on_iteration: Optional[Callable[[int], None]] = None):
         self.path, self.on_iteration = path, on_iteration
         self.signal: Optional[int] = None
+        self.saved: Optional[int] = None
         self._previous: Dict[int, Any] = {}
         self._step = 0
 
@@ -349,6 +354,11 @@ class _StopOnSignal(Callback):
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
 
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.saved is not None:
+            raise Interrupted(f"interrupted at iteration {self.saved}; checkpoint written to {self.path}; "
+                              "continue with --resume")
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if trainer.global_step == self._step:  # inside a gradient accumulation
             return
@@ -360,8 +370,7 @@ class _StopOnSignal(Callback):
             dist.all_reduce(stop, op=dist.ReduceOp.MAX)
         if stop.item() and self._step < trainer.max_steps:
             trainer.save_checkpoint(self.path)
-            raise Interrupted(f"interrupted at iteration {self._step}; checkpoint written to {self.path}; "
-                              "continue with --resume")
+            self.saved = self._step
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for sig, handler in self._previous.items():
@@ -431,8 +440,7 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike],
     val_set.indices = val_set.indices[rank::world]
     L.seed_everything(t.seed, verbose=False)
     module = SegmentationModule(cfg, class_names(d.root, d.num_classes))
-    unused = _unused_parameters(module.model, d.crop_size, torch.device(device, 0) if device == "cuda" else torch.device("cpu"))
-    torch.manual_seed(t.seed + 1 + rank)
+    unused = _unused_parameters(module.model, d.crop_size, torch.device("cpu"))  # before Lightning moves it
     sampler = ResumableSampler(len(train_set), rank, world, seed=t.seed, start=start * batch * t.grad_accum,
                                positions=True)
     train_loader = DataLoader(train_set, batch_size=batch, sampler=sampler, num_workers=d.workers,
@@ -472,7 +480,7 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike],
         max_steps=t.iterations, max_epochs=-1, accumulate_grad_batches=t.grad_accum,
         val_check_interval=t.eval_interval * t.grad_accum, check_val_every_n_epoch=None, num_sanity_val_steps=0,
         use_distributed_sampler=False, logger=loggers, log_every_n_steps=t.log_interval, callbacks=callbacks,
-        enable_progress_bar=t.progress, enable_model_summary=False, deterministic="warn" if t.deterministic else None,
+        enable_progress_bar=t.progress, enable_model_summary=False, inference_mode=False, deterministic="warn" if t.deterministic else None,
         plugins=[_AtomicCheckpointIO()], default_root_dir=out,
     )
     result: Dict[str, Any] = {}

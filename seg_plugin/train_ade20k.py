@@ -144,13 +144,13 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[Ma
             cfg.merge_from_file(str(path))
         source = "command line"
         cfg.merge_from_list([item for pair in (overrides or {}).items() for item in pair])
-    except KeyError as err:
-        key = str(err.args[0]).rpartition(": ")[2] if err.args else ""
-        raise ConfigError(f"{source}: unknown setting {key!r} (see seg_plugin.train_ade20k.get_cfg())") from None
-    except (ValueError, AssertionError, yaml.YAMLError) as err:
+    except (KeyError, ValueError, AssertionError, yaml.YAMLError) as err:
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError(f"{source}: {err}") from None
+        message = str(err.args[0]) if err.args else str(err)
+        if "Non-existent" in message:  # yacs: a key the recipe does not have
+            message = f"unknown setting {message.rpartition(': ')[2]!r} (the settings: seg_plugin.train_ade20k.get_cfg())"
+        raise ConfigError(f"{source}: {message}") from None
     _validate(cfg)
     cfg.freeze()
     return cfg

@@ -2,14 +2,14 @@
 
 Semantic FPN (``smp.FPN``) with FEC, AdamW (lr 1e-4, weight decay 1e-4), poly schedule (power 0.9),
 80k iterations at batch 16, 512x512 crops after random rescaling (0.5-2.0) and flipping, single-scale
-evaluation at short side 512; mIoU, per-class IoU and pixel accuracy from torchmetrics. Any smp
-architecture by ``--arch``. Settings are a yacs ``CfgNode`` (as in Detectron2): config files may name a
-``_BASE_`` file, and unknown keys are errors.
+evaluation at short side 512; mIoU, per-class IoU and pixel accuracy from torchmetrics. Settings are a
+yacs ``CfgNode`` (as in Detectron2): files may name a ``_BASE_`` file, unknown keys are errors, and
+``KEY VALUE`` pairs after the options override any setting (``model.arch upernet``).
 
     python -m seg_plugin.train_ade20k --config configs/segmentation/fpn_fec_s_ade20k_80k.yaml \\
         --data-root data/ADEChallengeData2016 --out-dir output/fpn_fec_s_ade20k
-    torchrun --nproc_per_node 4 -m seg_plugin.train_ade20k --config ... --amp      # DDP (batch is global)
-    python -m seg_plugin.train_ade20k ... --resume                                    # continue a run
+    torchrun --nproc_per_node 4 -m seg_plugin.train_ade20k --config ... train.amp true   # DDP, global batch
+    python -m seg_plugin.train_ade20k ... --resume                                         # continue a run
 
 Outputs in ``--out-dir``: ``last.ckpt`` (Lightning's checkpoint, written atomically every
 ``checkpoint_interval`` iterations, at the end, and on SIGINT/SIGTERM), ``metrics.csv`` (Lightning's
@@ -24,13 +24,13 @@ import csv
 import hashlib
 import inspect
 import json
-import math
 import os
 import signal
 import sys
 import threading
 import time
 import warnings
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -72,50 +72,20 @@ RUN_ONLY = ("data.root", "data.workers", "train.*_interval", "train.eval_at_star
             "train.progress", "train.cpu_threads")
 
 # The reference recipe (FEC's ``fpn_fec_*_ade20k_80k`` mmseg configs); config files override it.
-_C = CfgNode()
-_C.model = CfgNode()
-_C.model.arch = "fpn"
-_C.model.encoder = "fec_s"
-_C.model.encoder_weights = "imagenet"
-_C.model.encoder_depth = None
-_C.model.encoder_params = CfgNode(new_allowed=True)  # FEC encoder settings (preset, drop_path_rate, ...)
-_C.model.arch_kwargs = CfgNode(new_allowed=True)  # keyword arguments of the smp architecture
-_C.data = CfgNode()
-_C.data.root = "data/ADEChallengeData2016"
-_C.data.train_split = "training"
-_C.data.val_split = "validation"
-_C.data.num_classes = 150
-_C.data.scale = [2048, 512]
-_C.data.ratio_range = [0.5, 2.0]
-_C.data.crop_size = 512
-_C.data.cat_max_ratio = 0.75
-_C.data.flip_prob = 0.5
-_C.data.photometric = True
-_C.data.mean = [123.675, 116.28, 103.53]
-_C.data.std = [58.395, 57.12, 57.375]
-_C.data.eval_scale = [2048, 512]
-_C.data.size_divisor = 32
-_C.data.workers = 4
-_C.optim = CfgNode()
-_C.optim.lr = 1.0e-4
-_C.optim.weight_decay = 1.0e-4
-_C.optim.betas = [0.9, 0.999]
-_C.optim.poly_power = 0.9
-_C.train = CfgNode()
-_C.train.iterations = 80000
-_C.train.batch_size = 16
-_C.train.grad_accum = 1
-_C.train.amp = False
-_C.train.seed = 0
-_C.train.deterministic = False
-_C.train.eval_interval = 8000
-_C.train.eval_at_start = False
-_C.train.checkpoint_interval = 8000
-_C.train.log_interval = 50
-_C.train.tensorboard = True
-_C.train.progress = True
-_C.train.device = "auto"
-_C.train.cpu_threads = None
+_C = CfgNode({
+    "model": {"arch": "fpn", "encoder": "fec_s", "encoder_weights": "imagenet", "encoder_depth": None,
+              "encoder_params": {}, "arch_kwargs": {}},
+    "data": {"root": "data/ADEChallengeData2016", "train_split": "training", "val_split": "validation",
+             "num_classes": 150, "scale": [2048, 512], "ratio_range": [0.5, 2.0], "crop_size": 512,
+             "cat_max_ratio": 0.75, "flip_prob": 0.5, "photometric": True, "mean": [123.675, 116.28, 103.53],
+             "std": [58.395, 57.12, 57.375], "eval_scale": [2048, 512], "size_divisor": 32, "workers": 4},
+    "optim": {"lr": 1.0e-4, "weight_decay": 1.0e-4, "betas": [0.9, 0.999], "poly_power": 0.9},
+    "train": {"iterations": 80000, "batch_size": 16, "grad_accum": 1, "amp": False, "seed": 0, "deterministic": False,
+              "eval_interval": 8000, "eval_at_start": False, "checkpoint_interval": 8000, "log_interval": 50,
+              "tensorboard": True, "progress": True, "device": "auto", "cpu_threads": None},
+})
+_C.model.encoder_params.set_new_allowed(True)  # FEC encoder settings (preset, drop_path_rate, ...)
+_C.model.arch_kwargs.set_new_allowed(True)  # keyword arguments of the smp architecture
 
 
 class ConfigError(ValueError):
@@ -132,13 +102,11 @@ def get_cfg() -> CfgNode:
 
 
 def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[Mapping[str, Any]] = None) -> CfgNode:
-    """The recipe updated by a yaml file (with ``_BASE_`` inheritance) and then by ``{"section.key": value}``
-    overrides (values as Python objects or yaml text); unknown settings raise :class:`ConfigError`."""
-    cfg = get_cfg()
-    source = "command line"
+    """The recipe updated by a yaml file (``_BASE_`` inheritance) and then by ``{"section.key": value}``
+    overrides; unknown settings and wrong types raise :class:`ConfigError`."""
+    cfg, source = get_cfg(), str(path)
     try:
         if path is not None:
-            source = str(path)
             if not Path(path).is_file():
                 raise ConfigError(f"config file not found: {path}")
             cfg.merge_from_file(str(path))
@@ -157,30 +125,23 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[Ma
 
 
 def _validate(cfg: CfgNode) -> None:
-    arch = cfg.model.arch.lower()
-    if arch not in smp.MODEL_ARCHITECTURES_MAPPING:
-        raise ConfigError(
-            f"model.arch {arch!r} is not an smp architecture; choose one of {sorted(smp.MODEL_ARCHITECTURES_MAPPING)}"
-        )
-    model_cls = smp.MODEL_ARCHITECTURES_MAPPING[arch]
+    if cfg.model.arch.lower() not in smp.MODEL_ARCHITECTURES_MAPPING:
+        raise ConfigError(f"model.arch {cfg.model.arch!r} is not an smp architecture; choose one of "
+                          f"{sorted(smp.MODEL_ARCHITECTURES_MAPPING)}")
+    model_cls = smp.MODEL_ARCHITECTURES_MAPPING[cfg.model.arch.lower()]
     fixed = {"self", "kwargs", "encoder_name", "encoder_weights", "encoder_depth", "in_channels", "classes"}
     accepted = set(inspect.signature(model_cls.__init__).parameters) - fixed
-    unknown = sorted(set(cfg.model.arch_kwargs) - accepted)
-    if unknown:
-        raise ConfigError(
-            f"model.arch_kwargs {unknown} are not arguments of smp.{model_cls.__name__} (accepted: {sorted(accepted)})"
-        )
+    if set(cfg.model.arch_kwargs) - accepted:
+        raise ConfigError(f"model.arch_kwargs {sorted(set(cfg.model.arch_kwargs) - accepted)} are not arguments of "
+                          f"smp.{model_cls.__name__} (accepted: {sorted(accepted)})")
     for key in ("iterations", "batch_size", "grad_accum", "eval_interval", "checkpoint_interval", "log_interval"):
         if not isinstance(cfg.train[key], int) or cfg.train[key] < 1:
             raise ConfigError(f"train.{key} must be a positive integer, got {cfg.train[key]!r}")
     if not isinstance(cfg.data.num_classes, int) or not 1 <= cfg.data.num_classes < IGNORE_INDEX:
-        raise ConfigError(
-            f"data.num_classes must be an integer in [1, {IGNORE_INDEX - 1}], got {cfg.data.num_classes!r}"
-        )
+        raise ConfigError(f"data.num_classes must be an integer in [1, {IGNORE_INDEX - 1}], got {cfg.data.num_classes!r}")
     if cfg.data.crop_size % cfg.data.size_divisor:
-        raise ConfigError(
-            f"data.crop_size {cfg.data.crop_size} must be divisible by data.size_divisor {cfg.data.size_divisor}"
-        )
+        raise ConfigError(f"data.crop_size {cfg.data.crop_size} must be divisible by data.size_divisor "
+                          f"{cfg.data.size_divisor}")
     if cfg.train.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"train.device must be 'auto', 'cuda' or 'cpu', got {cfg.train.device!r}")
 
@@ -191,11 +152,8 @@ def _plain(cfg: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def _augment(cfg: CfgNode) -> AugmentConfig:
-    d = cfg.data
-    return AugmentConfig(scale=tuple(d.scale), ratio_range=tuple(d.ratio_range), crop_size=d.crop_size,
-                         cat_max_ratio=d.cat_max_ratio, flip_prob=d.flip_prob, photometric=d.photometric,
-                         mean=tuple(d.mean), std=tuple(d.std), eval_scale=tuple(d.eval_scale),
-                         size_divisor=d.size_divisor)
+    return AugmentConfig(**{f.name: tuple(cfg.data[f.name]) if isinstance(cfg.data[f.name], list) else cfg.data[f.name]
+                            for f in fields(AugmentConfig)})
 
 
 def build_model(cfg: CfgNode) -> nn.Module:
@@ -232,27 +190,21 @@ def _unused_parameters(model: nn.Module, crop: int, device: torch.device) -> Lis
 
 
 class SegmentationModule(L.LightningModule):
-    """The smp model with the recipe's loss, optimizer, schedule and torchmetrics evaluation.
-
-    Training batches are ``(images [B, 3, crop, crop], labels [B, crop, crop])``; evaluation batches one
-    image at the evaluation scale with its labels at the original size (logits are resized to them).
-    Checkpoints also hold the settings and every rank's random state, restored when training starts.
-    """
+    """The smp model with the recipe's loss, AdamW + poly schedule and torchmetrics evaluation. Training
+    batches: ``(images [B, 3, crop, crop], labels [B, crop, crop])``; evaluation: one image at the evaluation
+    scale with labels at the original size. Checkpoints also hold the settings and every rank's RNG state."""
 
     def __init__(self, cfg: CfgNode, names: List[str]):
         super().__init__()
         from torchmetrics import MetricCollection, SumMetric
         from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
 
-        self.cfg, self.names = cfg, names
-        self.model = build_model(cfg)
+        self.cfg, self.names, self.model = cfg, names, build_model(cfg)
         common = dict(num_classes=cfg.data.num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
-        self.metrics = MetricCollection({
-            "mIoU": MulticlassJaccardIndex(average="macro", **common),
-            "IoU": MulticlassJaccardIndex(average="none", **common),
-            "aAcc": MulticlassAccuracy(average="micro", **common),
-            "confmat": MulticlassConfusionMatrix(**common),
-        })
+        self.metrics = MetricCollection({"mIoU": MulticlassJaccardIndex(average="macro", **common),
+                                         "IoU": MulticlassJaccardIndex(average="none", **common),
+                                         "aAcc": MulticlassAccuracy(average="micro", **common),
+                                         "confmat": MulticlassConfusionMatrix(**common)})
         self.images = SumMetric()
         self.evaluations: List[Dict[str, Any]] = []
         self._rng: Optional[Dict[str, Any]] = None
@@ -262,9 +214,8 @@ class SegmentationModule(L.LightningModule):
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        logits = self.model(images)
         valid = (labels != IGNORE_INDEX).sum().clamp_min(1)
-        loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum") / valid
+        loss = F.cross_entropy(self.model(images).float(), labels, ignore_index=IGNORE_INDEX, reduction="sum") / valid
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at iteration {self.global_step + 1}")
         self.log("train/loss", loss, prog_bar=True)
@@ -272,28 +223,25 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch: Tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         image, labels = batch
-        logits = F.interpolate(self.model(image).float(), size=labels.shape[-2:], mode="bilinear",
-                               align_corners=False)
+        logits = F.interpolate(self.model(image).float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
         self.metrics.update(logits.argmax(1), labels)
         self.images.update(image.shape[0])
 
     def on_validation_epoch_end(self) -> None:
-        """mIoU over the classes present in labels or predictions (as mmseg), aAcc, per-class IoU (NaN for
-        classes absent from both); torchmetrics sums the states of all ranks."""
+        """mIoU over the classes present in labels or predictions (as mmseg), aAcc and per-class IoU (NaN for
+        classes absent from both), summed over all ranks by torchmetrics."""
         result = self.metrics.compute()
-        confmat = result["confmat"]
-        present = (confmat.sum(0) + confmat.sum(1)) > 0
-        iou = torch.where(present, result["IoU"], torch.full_like(result["IoU"], float("nan")))
-        evaluation = {"iteration": self.global_step, "mIoU": float(result["mIoU"]), "aAcc": float(result["aAcc"]),
-                      "IoU": iou.cpu().tolist(), "images": int(self.images.compute())}
-        self.evaluations.append(evaluation)
+        present = (result["confmat"].sum(0) + result["confmat"].sum(1)) > 0
+        iou = torch.where(present, result["IoU"], float("nan")).cpu().tolist()
+        ev = {"iteration": self.global_step, "mIoU": float(result["mIoU"]), "aAcc": float(result["aAcc"]), "IoU": iou,
+              "images": int(self.images.compute())}
+        self.evaluations.append(ev)
         self.metrics.reset()
         self.images.reset()
-        self.log_dict({"val/mIoU": evaluation["mIoU"], "val/aAcc": evaluation["aAcc"],
-                       **{f"val/IoU/{i}:{name}": v for i, (name, v) in enumerate(zip(self.names, evaluation["IoU"]))}},
-                      rank_zero_only=True)
-        self.print(f"[iter {self.global_step}] mIoU {100 * evaluation['mIoU']:.2f}  aAcc {100 * evaluation['aAcc']:.2f}"
-                   f"  ({evaluation['images']} images)")
+        per_class = {f"val/IoU/{i}:{name}": v for i, (name, v) in enumerate(zip(self.names, iou))}
+        self.log_dict({"val/mIoU": ev["mIoU"], "val/aAcc": ev["aAcc"], **per_class}, rank_zero_only=True)
+        self.print(f"[iter {ev['iteration']}] mIoU {100 * ev['mIoU']:.2f}  aAcc {100 * ev['aAcc']:.2f}  "
+                   f"({ev['images']} images)")
 
     def configure_optimizers(self) -> Dict[str, Any]:
         o = self.cfg.optim
@@ -302,23 +250,22 @@ class SegmentationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        states = [capture_rng_state()]
+        states: List[Any] = [capture_rng_state()]
         if dist.is_available() and dist.is_initialized():
             states = [None] * dist.get_world_size()
             dist.all_gather_object(states, capture_rng_state())
         checkpoint.update(config=_plain(self.cfg), rng=states)
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        states = checkpoint["rng"]
-        if len(states) == self.trainer.world_size:
-            self._rng = states[self.trainer.global_rank]
+        if len(checkpoint["rng"]) == self.trainer.world_size:
+            self._rng = checkpoint["rng"][self.trainer.global_rank]
         else:
-            self.print(f"resuming with {self.trainer.world_size} processes instead of {len(states)}: data order "
-                       "and random state differ from an uninterrupted run", file=sys.stderr)
+            self.print(f"resuming with {self.trainer.world_size} processes instead of {len(checkpoint['rng'])}: data "
+                       "order and random state differ from an uninterrupted run", file=sys.stderr)
 
     def on_train_start(self) -> None:
         """Each rank's own random stream (dropout, drop path): the checkpoint's when resuming, else seeded by
-        rank (Lightning seeds every rank alike when it sets up DDP)."""
+        rank (Lightning seeds all ranks alike when it sets up DDP)."""
         if self._rng is not None:
             restore_rng_state(self._rng)
             self._rng = None
@@ -334,9 +281,9 @@ class _AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class _StopOnSignal(Callback):
-    """SIGINT/SIGTERM: finish the optimizer step, write ``last.ckpt`` (all ranks agree on the step), then
-    raise :class:`Interrupted` before the next batch, once Lightning has logged the step. Lightning's own
-    SIGTERM stop can fall inside a gradient accumulation and is decided per rank."""
+    """SIGINT/SIGTERM: finish the optimizer step, write ``last.ckpt`` (all ranks agree on the step), then raise
+    :class:`Interrupted` before the next batch, once Lightning has logged the step. (Lightning's own SIGTERM
+    stop can fall inside a gradient accumulation and is decided per rank.)"""
 
     def __init__(self, path: Path, on_iteration: Optional[Callable[[int], None]] = None):
         self.path, self.on_iteration = path, on_iteration
@@ -345,16 +292,13 @@ class _StopOnSignal(Callback):
         self._previous: Dict[int, Any] = {}
         self._step = 0
 
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal = signum
-
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._step = trainer.global_step
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+                self._previous[sig] = signal.signal(sig, lambda signum, frame: setattr(self, "signal", signum))
 
-    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+    def on_train_batch_start(self, *args: Any) -> None:
         if self.saved is not None:
             raise Interrupted(f"interrupted at iteration {self.saved}; checkpoint written to {self.path}; "
                               "continue with --resume")
@@ -365,7 +309,7 @@ class _StopOnSignal(Callback):
         self._step = trainer.global_step
         if self.on_iteration is not None:
             self.on_iteration(self._step)
-        stop = torch.tensor([0 if self.signal is None else 1], device=pl_module.device)
+        stop = torch.tensor([self.signal is not None], dtype=torch.int32, device=pl_module.device)
         if trainer.world_size > 1:
             dist.all_reduce(stop, op=dist.ReduceOp.MAX)
         if stop.item() and self._step < trainer.max_steps:
@@ -379,28 +323,19 @@ class _StopOnSignal(Callback):
 
 
 def _csv_rows_before(path: Path, step: int) -> List[Dict[str, str]]:
-    """The rows of a CSV log written before iteration ``step`` (a resumed run rewrites the rest)."""
+    """The rows of Lightning's CSV log written before iteration ``step`` (its ``step`` is iteration - 1)."""
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if int(r["step"]) < step]  # Lightning's step: iteration - 1
+        return [r for r in csv.DictReader(f) if int(r["step"]) < step]
 
 
-def _world() -> Tuple[int, int, int]:
-    """(rank, world size, processes on this node) from torchrun's environment."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-
-
-def train(
-    cfg: CfgNode,
-    out_dir: str | os.PathLike,
-    resume: Optional[str | os.PathLike] = None,
-    on_iteration: Optional[Callable[[int], None]] = None,
-) -> Dict[str, Any]:
-    """Train (or continue training) ``cfg``'s model into ``out_dir``. Returns ``final`` (the last
-    evaluation: mIoU, aAcc, per-class IoU, images), ``initial`` (with ``train.eval_at_start``),
-    ``sec_per_iter``, ``iterations`` and ``unused_parameters``; ``on_iteration(i)`` runs after iteration i."""
+def train(cfg: CfgNode, out_dir: str | os.PathLike, resume: Optional[str | os.PathLike] = None,
+          on_iteration: Optional[Callable[[int], None]] = None) -> Dict[str, Any]:
+    """Train (or continue training) ``cfg``'s model into ``out_dir``. Returns ``final`` (the last evaluation:
+    ``mIoU``, ``aAcc``, per-class ``IoU``, ``images``, ``iteration``), ``initial`` (with
+    ``train.eval_at_start``), ``sec_per_iter``, ``iterations`` and ``unused_parameters``;
+    ``on_iteration(i)`` runs after iteration ``i``."""
     threads = torch.get_num_threads()
     if cfg.train.cpu_threads is not None:
         torch.set_num_threads(cfg.train.cpu_threads)
@@ -413,20 +348,20 @@ def train(
 def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike],
            on_iteration: Optional[Callable[[int], None]]) -> Dict[str, Any]:
     t, d = cfg.train, cfg.data
-    rank, world, local_world = _world()
-    ckpt_path = out / CHECKPOINT
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's environment
+    rank, local_world = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    ckpt_path, start = out / CHECKPOINT, 0
     if resume is None and ckpt_path.exists():
         raise ConfigError(f"{out} already holds a run ({ckpt_path}); continue it with --resume or choose another --out-dir")
     if t.batch_size % (world * t.grad_accum):
         raise ConfigError(f"train.batch_size {t.batch_size} is not divisible by world size x grad_accum "
                           f"({world} x {t.grad_accum})")
     batch = t.batch_size // (world * t.grad_accum)
-    start = 0
     if resume is not None:
         saved = load_training_checkpoint(resume)
-        for key in ("config", "rng", "global_step"):
-            if key not in saved:
-                raise CheckpointError(f"{resume} is not a checkpoint of this trainer (no {key!r}); start a new run")
+        if not {"config", "rng", "global_step"} <= set(saved):
+            raise CheckpointError(f"{resume} is not a checkpoint of this trainer (it lacks the settings, random "
+                                  "states or iteration); start a new run")
         check_resume_config(saved["config"], _plain(cfg), RUN_ONLY)
         start = int(saved["global_step"])
         del saved
@@ -434,20 +369,17 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike],
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is 'cuda' but no CUDA device is available")
 
-    aug = _augment(cfg)
-    train_set = ADE20KDataset(d.root, d.train_split, d.num_classes, aug, seed=t.seed, rank=rank)
-    val_set = ADE20KEvalDataset(d.root, d.val_split, d.num_classes, aug)
+    train_set = ADE20KDataset(d.root, d.train_split, d.num_classes, _augment(cfg), seed=t.seed, rank=rank)
+    val_set = ADE20KEvalDataset(d.root, d.val_split, d.num_classes, _augment(cfg))
     val_set.indices = val_set.indices[rank::world]
     L.seed_everything(t.seed, verbose=False)
     module = SegmentationModule(cfg, class_names(d.root, d.num_classes))
     unused = _unused_parameters(module.model, d.crop_size, torch.device("cpu"))  # before Lightning moves it
-    sampler = ResumableSampler(len(train_set), rank, world, seed=t.seed, start=start * batch * t.grad_accum,
-                               positions=True)
+    sampler = ResumableSampler(len(train_set), rank, world, t.seed, start=start * batch * t.grad_accum, positions=True)
     train_loader = DataLoader(train_set, batch_size=batch, sampler=sampler, num_workers=d.workers,
                               pin_memory=device == "cuda", generator=torch.Generator().manual_seed(t.seed),
                               persistent_workers=d.workers > 0)
-    val_loader = DataLoader(val_set, batch_size=1, num_workers=d.workers,
-                            generator=torch.Generator().manual_seed(t.seed))
+    val_loader = DataLoader(val_set, batch_size=1, num_workers=d.workers, generator=torch.Generator().manual_seed(t.seed))
 
     loggers: List[Any] = [CSVLogger(out, name="", version="", flush_logs_every_n_steps=t.log_interval)]
     if t.tensorboard:
@@ -464,23 +396,19 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike],
               f"{len(train_set)} training / {len(val_set) * world} validation images, batch {t.batch_size} "
               f"({world} process(es) x {t.grad_accum} accumulation x {batch}), device {device}, "
               f"iterations {start}->{t.iterations}", flush=True)
-    amp = ("16-mixed" if device == "cuda" else "bf16-mixed") if t.amp else "32-true"
-    strategy: Any = "auto"
-    if world > 1:
-        strategy = DDPStrategy(find_unused_parameters=bool(unused),
-                               process_group_backend="nccl" if device == "cuda" else "gloo")
-    stopper = _StopOnSignal(ckpt_path, on_iteration)
-    callbacks = [stopper, LearningRateMonitor("step"),
+    strategy = DDPStrategy(find_unused_parameters=bool(unused), process_group_backend="nccl" if device == "cuda"
+                           else "gloo") if world > 1 else "auto"
+    callbacks = [_StopOnSignal(ckpt_path, on_iteration), LearningRateMonitor("step"),
                  ModelCheckpoint(out, every_n_train_steps=t.checkpoint_interval, save_top_k=0, save_last=True,
                                  enable_version_counter=False)]
-    if t.progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_interval // 10)))
     trainer = L.Trainer(
-        accelerator=device, devices=local_world, num_nodes=world // local_world, strategy=strategy, precision=amp,
-        max_steps=t.iterations, max_epochs=-1, accumulate_grad_batches=t.grad_accum,
-        val_check_interval=t.eval_interval * t.grad_accum, check_val_every_n_epoch=None, num_sanity_val_steps=0,
-        use_distributed_sampler=False, logger=loggers, log_every_n_steps=t.log_interval, callbacks=callbacks,
-        enable_progress_bar=t.progress, enable_model_summary=False, inference_mode=False, deterministic="warn" if t.deterministic else None,
+        accelerator=device, devices=local_world, num_nodes=world // local_world, strategy=strategy,
+        precision=("16-mixed" if device == "cuda" else "bf16-mixed") if t.amp else "32-true",
+        max_steps=t.iterations, max_epochs=-1, accumulate_grad_batches=t.grad_accum, num_sanity_val_steps=0,
+        val_check_interval=t.eval_interval * t.grad_accum, check_val_every_n_epoch=None, use_distributed_sampler=False,
+        logger=loggers, log_every_n_steps=t.log_interval, enable_model_summary=False, inference_mode=False,
+        callbacks=callbacks + ([TQDMProgressBar(max(1, t.log_interval // 10))] if t.progress else []),
+        enable_progress_bar=t.progress, deterministic="warn" if t.deterministic else None,
         plugins=[_AtomicCheckpointIO()], default_root_dir=out,
     )
     result: Dict[str, Any] = {}
@@ -492,11 +420,10 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike],
     elapsed = time.perf_counter() - tick
     if not module.evaluations or module.evaluations[-1]["iteration"] != trainer.global_step:
         trainer.validate(module, val_loader, verbose=False)
-    result["final"] = module.evaluations[-1]
+    result["final"] = final = module.evaluations[-1]
     if trainer.global_step % t.checkpoint_interval:
         trainer.save_checkpoint(ckpt_path)
     if trainer.is_global_zero:
-        final = result["final"]
         module.model.save_pretrained(str(out / "model"), dataset=f"ADE20K-layout data at {d.root}",
                                      metrics={"mIoU": final["mIoU"], "aAcc": final["aAcc"]})
     result.update(sec_per_iter=elapsed / max(trainer.global_step - start, 1), iterations=trainer.global_step,
@@ -506,48 +433,33 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike],
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m seg_plugin.train_ade20k", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="yaml config (default: the reference recipe, configs/segmentation/)")
+    parser.add_argument("--config", help="yaml config (default: the reference recipe), e.g. configs/segmentation/...")
     parser.add_argument("--data-root", help="ADEChallengeData2016 folder (data.root)")
-    parser.add_argument("--out-dir", required=True, help="folder for checkpoints, logs and the final model")
-    parser.add_argument("--arch", help="smp architecture, e.g. fpn, unet, deeplabv3plus, upernet (model.arch)")
-    parser.add_argument("--encoder", help="encoder, e.g. fec_s, fec_b, fec_l, tu-fec_small (model.encoder)")
-    parser.add_argument("--encoder-weights", help="imagenet or none (model.encoder_weights)")
-    parser.add_argument("--iterations", type=int, help="train.iterations")
-    parser.add_argument("--batch-size", type=int, help="global batch size (train.batch_size)")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (fp16 on CUDA, bf16 on CPU)")
-    parser.add_argument("--resume", nargs="?", const="auto",
-                        help=f"continue from a checkpoint (default: <out-dir>/{CHECKPOINT})")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override any config setting (yaml value)")
+    parser.add_argument("--out-dir", required=True, help="folder for the checkpoint, logs and the final model")
+    parser.add_argument("--resume", action="store_true", help=f"continue the run from <out-dir>/{CHECKPOINT}")
+    parser.add_argument("--resume-from", metavar="CKPT", help="continue from this checkpoint instead")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                        help="settings to override, e.g. train.iterations 1000 model.arch upernet train.amp true")
     args = parser.parse_args(argv)
     try:
-        overrides: Dict[str, Any] = {}
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"--set {item!r}: write section.key=value, e.g. train.iterations=1000")
-            overrides[key.strip()] = yaml.safe_load(value)
-        for key, value in (("data.root", args.data_root), ("model.arch", args.arch), ("model.encoder", args.encoder),
-                           ("model.encoder_weights", args.encoder_weights), ("train.iterations", args.iterations),
-                           ("train.batch_size", args.batch_size), ("train.amp", True if args.amp else None)):
-            if value is not None:
-                overrides[key] = value
+        if len(args.opts) % 2:
+            raise ConfigError(f"settings come in KEY VALUE pairs, got {args.opts}")
+        overrides = {k: yaml.safe_load(v) for k, v in zip(args.opts[::2], args.opts[1::2])}
+        if args.data_root:
+            overrides["data.root"] = args.data_root
         cfg = load_config(args.config, overrides)
-        resume = Path(args.out_dir) / CHECKPOINT if args.resume == "auto" else args.resume
-        result = train(cfg, args.out_dir, resume)
+        result = train(cfg, args.out_dir, args.resume_from or (Path(args.out_dir) / CHECKPOINT if args.resume else None))
     except Interrupted as err:
         print(str(err), file=sys.stderr)
         return 130
-    except WeightsNotInstalledError as err:
-        print(f"error: {err}\n(with this command: --encoder-weights none)", file=sys.stderr)
+    except (ConfigError, SegDataError, CheckpointError, ResumeConfigError, WeightsNotInstalledError) as err:
+        hint = "\n(or train without them: model.encoder_weights none)" if isinstance(err, WeightsNotInstalledError) else ""
+        print(f"error: {err}{hint}", file=sys.stderr)
         return 2
-    except (ConfigError, SegDataError, CheckpointError, ResumeConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    final = result["final"]
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"final mIoU {100 * final['mIoU']:.2f}, aAcc {100 * final['aAcc']:.2f}, "
-              f"{result['sec_per_iter']:.3f} s/iteration; model saved to {Path(args.out_dir) / 'model'}")
+        final = result["final"]
+        print(f"final mIoU {100 * final['mIoU']:.2f}, aAcc {100 * final['aAcc']:.2f}, {result['sec_per_iter']:.3f} "
+              f"s/iteration; model saved to {Path(args.out_dir) / 'model'}")
     return 0
 
 

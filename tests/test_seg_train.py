@@ -129,9 +129,10 @@ def straight_evals(log):
 def test_sigterm_writes_a_checkpoint_and_resume_continues(toy, tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "seg_plugin.train_ade20k", "--config", str(TOY_CONFIG), "--data-root", str(toy),
-               "--out-dir", str(out), "--set", "data.crop_size=32", "--set", "train.log_interval=1",
-               "--set", "train.eval_at_start=false", "--set", "train.progress=false", "--iterations", "30"]
-    proc = subprocess.Popen(command + ["--set", "train.checkpoint_interval=2"], cwd=REPO, env=env(),
+               "--out-dir", str(out)]
+    opts = ["data.crop_size", "32", "train.log_interval", "1", "train.eval_at_start", "false", "train.progress", "false",
+            "train.iterations", "30"]
+    proc = subprocess.Popen(command + opts + ["train.checkpoint_interval", "2"], cwd=REPO, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and not (out / CHECKPOINT).is_file():  # running: iteration 2 saved
@@ -142,10 +143,11 @@ def test_sigterm_writes_a_checkpoint_and_resume_continues(toy, tmp_path):
     assert proc.returncode == 130, err
     saved = torch.load(out / CHECKPOINT, weights_only=True)["global_step"]
     assert 3 <= saved < 30 and f"interrupted at iteration {saved}; checkpoint written to" in err
-    refused = subprocess.run(command + ["--resume", "--set", "optim.lr=0.5"], cwd=REPO, env=env(),
+    refused = subprocess.run(command + ["--resume"] + opts + ["optim.lr", "0.5"], cwd=REPO, env=env(),
                              capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "differs from the checkpoint's in ['optim.lr']" in refused.stderr
-    resumed = subprocess.run(command + ["--resume"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(command + ["--resume"] + opts, cwd=REPO, env=env(), capture_output=True, text=True,
+                             timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"iterations {saved}->30" in resumed.stdout and "final mIoU" in resumed.stdout
     assert [int(r["step"]) for r in rows(out / "metrics.csv", "train/loss")] == list(range(30))
@@ -155,10 +157,9 @@ def test_ddp_under_torchrun_with_amp_and_accumulation(toy, tmp_path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "seg_plugin.train_ade20k", "--config", str(TOY_CONFIG), "--data-root", str(toy),
-               "--out-dir", str(out), "--iterations", "4", "--batch-size", "8", "--amp",
-               "--set", "data.crop_size=32", "--set", "train.eval_at_start=false",
-               "--set", "train.progress=false", "--set", "train.log_interval=2", "--set", "train.grad_accum=2",
-               "--set", "train.tensorboard=true"]
+               "--out-dir", str(out), "train.iterations", "4", "train.batch_size", "8", "train.amp", "true",
+               "data.crop_size", "32", "train.eval_at_start", "false", "train.progress", "false",
+               "train.log_interval", "2", "train.grad_accum", "2", "train.tensorboard", "true"]
     done = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 process(es) x 2 accumulation x 2" in done.stdout and "final mIoU" in done.stdout
@@ -206,3 +207,6 @@ def test_command_line_errors_are_one_clear_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "nowhere/images/training does not exist" in done.stderr
     assert "Traceback" not in done.stderr
+    typo = subprocess.run([sys.executable, "-m", "seg_plugin.train_ade20k", "--out-dir", str(tmp_path / "out"),
+                           "train.iters", "5"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert typo.returncode == 2 and typo.stderr.startswith("error: command line: unknown setting 'train.iters'")

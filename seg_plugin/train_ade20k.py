@@ -374,7 +374,8 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike],
     val_set.indices = val_set.indices[rank::world]
     L.seed_everything(t.seed, verbose=False)
     module = SegmentationModule(cfg, class_names(d.root, d.num_classes))
-    unused = _unused_parameters(module.model, d.crop_size, torch.device("cpu"))  # before Lightning moves it
+    # which parameters get no gradient depends on the architecture, not the size: a small CPU probe will do
+    unused = _unused_parameters(module.model, min(d.crop_size, 128), torch.device("cpu"))
     sampler = ResumableSampler(len(train_set), rank, world, t.seed, start=start * batch * t.grad_accum, positions=True)
     train_loader = DataLoader(train_set, batch_size=batch, sampler=sampler, num_workers=d.workers,
                               pin_memory=device == "cuda", generator=torch.Generator().manual_seed(t.seed),

@@ -21,12 +21,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 __all__ = [
     "IGNORE_INDEX",
@@ -34,7 +34,6 @@ __all__ = [
     "SegDataError",
     "ADE20KDataset",
     "ADE20KEvalDataset",
-    "TrainStream",
     "read_pair",
     "scan_split",
     "class_names",
@@ -209,7 +208,7 @@ def _normalize(image: np.ndarray, cfg: AugmentConfig) -> torch.Tensor:
 
 class ADE20KDataset(Dataset):
     """Training split with the reference augmentation; items are ``(index, stream position)`` pairs
-    from :class:`TrainStream`, returning ``(image [3, crop, crop] float, labels [crop, crop] int64)``."""
+    from :class:`fec_backbone.training.ResumableSampler` (``positions=True``), returning ``(image [3, crop, crop] float, labels [crop, crop] int64)``."""
 
     def __init__(
         self, root: str | Path, split: str, num_classes: int, cfg: AugmentConfig, seed: int = 0, rank: int = 0
@@ -272,33 +271,3 @@ class ADE20KEvalDataset(Dataset):
         size = (math.ceil(width / div) * div, math.ceil(height / div) * div)
         image, _ = _resize(image, None, size)
         return _normalize(image, self.cfg), torch.from_numpy(labels.astype(np.int64))
-
-
-class TrainStream(Sampler):
-    """An endless, resumable stream of ``(dataset index, position)`` for one rank.
-
-    Epoch ``e`` is a permutation of the dataset drawn from ``seed + e`` (padded by wrapping to a
-    multiple of ``world``) and split across ranks as ``DistributedSampler`` does; ``start`` is the
-    position in this rank's stream to begin at (samples already consumed).
-    """
-
-    def __init__(self, size: int, rank: int = 0, world: int = 1, seed: int = 0, start: int = 0):
-        self.size, self.rank, self.world, self.seed, self.start = size, rank, world, seed, start
-        self.per_rank = math.ceil(size / world)
-
-    def _epoch(self, epoch: int) -> List[int]:
-        generator = torch.Generator().manual_seed(self.seed + epoch)
-        perm = torch.randperm(self.size, generator=generator).tolist()
-        total = self.per_rank * self.world
-        perm = (perm * math.ceil(total / self.size))[:total]
-        return perm[self.rank : total : self.world]
-
-    def __iter__(self) -> Iterator[Tuple[int, int]]:
-        position = self.start
-        epoch, offset = divmod(position, self.per_rank)
-        while True:
-            order = self._epoch(epoch)
-            for index in order[offset:]:
-                yield index, position
-                position += 1
-            epoch, offset = epoch + 1, 0

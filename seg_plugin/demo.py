@@ -65,8 +65,8 @@ def main(argv: Optional[list] = None) -> int:
     if args.iterations:
         overrides["train.iterations"] = args.iterations
     cfg = load_config(CONFIG, overrides)
-    print(f"\n==> Semantic FPN + FEC-S on the toy ADE20K-layout data ({root}), {cfg['train']['iterations']} "
-          f"iterations of batch {cfg['train']['batch_size']} at {cfg['data']['crop_size']} px on CPU -> {out}")
+    print(f"\n==> Semantic FPN + FEC-S on the toy ADE20K-layout data ({root}), {cfg.train.iterations} "
+          f"iterations of batch {cfg.train.batch_size} at {cfg.data.crop_size} px on CPU -> {out}")
     start = time.perf_counter()
     result = train(cfg, out)
     before, after = result["initial"], result["final"]
@@ -75,7 +75,7 @@ def main(argv: Optional[list] = None) -> int:
           f"{result['sec_per_iter']:.3f} s/iteration, {time.perf_counter() - start:.0f} s in all")
     names = (root / "class_names.txt").read_text().split()
     print("per-class IoU: " + ", ".join(f"{n} {100 * v:.1f}" for n, v in zip(names, after["IoU"])))
-    print(f"logs: {out / 'log_eval.csv'}, {out / 'log_train.csv'}; model: smp.from_pretrained('{out / 'model'}')")
+    print(f"logs: {out / 'metrics.csv'}, checkpoint {out / 'last.ckpt'}; model: smp.from_pretrained('{out / 'model'}')")
     failed = [r for r in rows if r[2].startswith("FAILED")]
     return 1 if failed or after["mIoU"] <= before["mIoU"] else 0
 

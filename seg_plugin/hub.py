@@ -26,8 +26,7 @@ from typing import Dict, Mapping, Optional
 import torch
 
 from fec_backbone import CheckpointError, detect_variant, fit_state_dict, read_fec_weights
-
-from ._files import atomic_write
+from fec_backbone.training import atomic_write
 
 __all__ = [
     "ENCODER_VARIANTS",

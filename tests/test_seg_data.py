@@ -1,5 +1,5 @@
-"""ADE20K-layout data: the generated toy set, label handling, the reference augmentation, the resumable
-sample stream, and errors that name the file and the problem for bad input."""
+"""ADE20K-layout data: the generated toy set, label handling, the reference augmentation, and errors
+that name the file and the problem for bad input."""
 from __future__ import annotations
 
 import hashlib
@@ -15,12 +15,12 @@ from seg_plugin.data import (
     ADE20KEvalDataset,
     AugmentConfig,
     SegDataError,
-    TrainStream,
     class_names,
     read_pair,
     rescale_size,
     scan_split,
 )
+from fec_backbone.training import ResumableSampler
 from seg_plugin.toy_data import TOY_CLASSES, generate
 from seg_plugin.train_ade20k import ConfigError, load_config
 
@@ -124,7 +124,7 @@ def test_bad_file_in_a_loader_names_the_file(tmp_path):
     write_pair(tmp_path, "ok", np.ones((40, 40), np.uint8))
     write_pair(tmp_path, "worse", np.full((40, 40), 9, np.uint8))
     data = ADE20KDataset(tmp_path, "training", 4, TOY_AUG)
-    loader = torch.utils.data.DataLoader(data, batch_size=2, sampler=TrainStream(len(data)), num_workers=1)
+    loader = torch.utils.data.DataLoader(data, batch_size=2, sampler=ResumableSampler(len(data), positions=True), num_workers=1)
     with pytest.raises(SegDataError, match=r"worse\.png has label values \[9\]"):
         next(iter(loader))
 
@@ -154,20 +154,6 @@ def test_eval_sample_keeps_original_labels(toy):
     assert min(image.shape[1:]) == 64 or max(image.shape[1:]) <= 256 + 31
     assert rescale_size(512, 683, (2048, 512)) == (683, 512)
     assert rescale_size(300, 4000, (2048, 512)) == (2048, 154)
-
-
-@pytest.mark.parametrize("world", [1, 3])
-def test_train_stream_resumes_at_any_position(world):
-    def take(stream, n):
-        it = iter(stream)
-        return [next(it) for _ in range(n)]
-
-    for rank in range(world):
-        full = take(TrainStream(10, rank, world, seed=1), 25)
-        assert [p for _, p in full] == list(range(25))
-        assert take(TrainStream(10, rank, world, seed=1, start=7), 18) == full[7:]
-    epoch = [take(TrainStream(10, r, world, seed=1), 4 if world == 3 else 10) for r in range(world)]
-    assert {i for part in epoch for i, _ in part} == set(range(10))  # each epoch covers the dataset
 
 
 def test_config_errors_name_the_setting(tmp_path):

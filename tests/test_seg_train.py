@@ -1,9 +1,10 @@
-"""ADE20K training on the generated toy data, on CPU: Semantic FPN + FEC-S learns (mIoU above the
-untrained model's), an interrupted run resumes to exactly the uninterrupted result, SIGTERM writes a
-checkpoint, DDP runs under torchrun, AMP runs."""
+"""ADE20K training on the generated toy data, on CPU, through Lightning: Semantic FPN + FEC-S learns (mIoU
+above the untrained model's), an interrupted run resumes to exactly the uninterrupted result, SIGTERM
+writes a checkpoint, DDP runs under torchrun with AMP and accumulation, configs inherit the recipe."""
 from __future__ import annotations
 
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -15,11 +16,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fec_backbone.checkpoint import CheckpointError
+from fec_backbone.training import ResumeConfigError
 from seg_plugin.toy_data import generate
 from seg_plugin.train_ade20k import CHECKPOINT, ConfigError, _unused_parameters, build_model, load_config, train
 
 REPO = Path(__file__).resolve().parent.parent
-TOY_CONFIG = REPO / "configs" / "segmentation" / "toy_fpn_fec_s.yaml"
+CONFIGS = REPO / "configs" / "segmentation"
+TOY_CONFIG = CONFIGS / "toy_fpn_fec_s.yaml"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,9 +39,10 @@ def toy_config(root, **overrides):
     return load_config(TOY_CONFIG, {**base, **overrides})
 
 
-def rows(path):
+def rows(path, column=None):
+    """Rows of a CSV log; with ``column``, only the rows where it is filled."""
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        return [r for r in csv.DictReader(f) if column is None or r[column] != ""]
 
 
 def env():
@@ -54,30 +59,41 @@ def test_training_on_toy_data_beats_the_untrained_model(toy, tmp_path, capsys):
               f"{result['sec_per_iter']:.3f} s/iteration")
     assert after > before + 0.3 and after > 0.6
     assert result["final"]["aAcc"] > 0.85 and result["final"]["images"] == 16
-    assert result["unused_parameters"] == []
-    evals = rows(tmp_path / "run" / "log_eval.csv")
-    assert [int(r["iteration"]) for r in evals] == [0, 300]
-    per_class = [r for r in rows(tmp_path / "run" / "per_class_iou.csv") if r["iteration"] == "300"]
-    assert [r["class_name"] for r in per_class] == ["ground", "disc", "box", "stripes"]
-    assert abs(sum(float(r["IoU"]) for r in per_class) / 4 - after) < 1e-5
-    assert len(rows(tmp_path / "run" / "log_train.csv")) == 15
+    assert result["final"]["iteration"] == result["iterations"] == 300 and result["unused_parameters"] == []
+    log = tmp_path / "run" / "metrics.csv"
+    evals = rows(log, "val/mIoU")
+    assert [int(r["step"]) for r in evals] == [0, 299]  # Lightning's step: iteration - 1 (the untrained eval: 0)
+    per_class = [float(evals[-1][f"val/IoU/{i}:{name}"]) for i, name in enumerate(["ground", "disc", "box", "stripes"])]
+    assert per_class == pytest.approx(result["final"]["IoU"], rel=1e-6)
+    assert abs(sum(per_class) / 4 - after) < 1e-5 and float(evals[-1]["val/mIoU"]) == pytest.approx(after, rel=1e-6)
+    losses = rows(log, "train/loss")
+    assert [int(r["step"]) for r in losses] == list(range(19, 300, 20))
+    assert float(losses[-1]["train/loss"]) < 0.5 * float(losses[0]["train/loss"])
+    lrs = {int(r["step"]): float(r["lr-AdamW"]) for r in rows(log, "lr-AdamW")}
+    assert list(lrs) == list(range(19, 300, 20))
+    assert list(lrs.values()) == pytest.approx([1e-3 * (1 - s / 300) ** 0.9 for s in lrs], rel=1e-6)  # poly 0.9
+    import segmentation_models_pytorch as smp
+
+    saved = smp.from_pretrained(str(tmp_path / "run" / "model"))
+    assert isinstance(saved, smp.FPN) and saved.encoder.__class__.__name__ == "FecEncoder"
 
 
 def test_interrupted_run_resumes_to_the_identical_result(toy, tmp_path):
-    """Uninterrupted 8 iterations vs. a crash at iteration 6 (checkpoint at 4) and --resume; data-loader
-    workers differ between the runs on purpose. Weights, optimizer state and logs must be identical."""
-    settings = {"train.iterations": 8, "train.checkpoint_interval": 4, "train.eval_interval": 8,
-                "train.eval_at_start": False, "train.log_interval": 1}
+    """Uninterrupted 8 iterations vs. a crash at iteration 6 (checkpoint and evaluation at 4) and a resume;
+    gradient accumulation on, data-loader workers differ between the runs on purpose. Weights, optimizer
+    state and logs must be identical."""
+    settings = {"train.iterations": 8, "train.checkpoint_interval": 4, "train.eval_interval": 4,
+                "train.eval_at_start": False, "train.log_interval": 1, "train.grad_accum": 2}
     straight = train(toy_config(toy, **settings), tmp_path / "straight")
 
     def crash(iteration):
         if iteration == 6:
-            raise KeyboardInterrupt("simulated crash")
+            raise RuntimeError("simulated crash")
 
     interrupted_cfg = toy_config(toy, **settings, **{"data.workers": 1})
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RuntimeError, match="simulated crash"):
         train(interrupted_cfg, tmp_path / "resumed", on_iteration=crash)
-    assert torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)["iteration"] == 4
+    assert torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)["global_step"] == 4
     resumed = train(interrupted_cfg, tmp_path / "resumed", resume=tmp_path / "resumed" / CHECKPOINT)
 
     a = load_file(tmp_path / "straight" / "model" / "model.safetensors")
@@ -86,64 +102,74 @@ def test_interrupted_run_resumes_to_the_identical_result(toy, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
     ca = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=True)
     cb = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)
-    for (ka, va), (kb, vb) in zip(ca["optimizer"]["state"].items(), cb["optimizer"]["state"].items()):
-        assert all(torch.equal(va[s], vb[s]) for s in va)
-    assert ca["scheduler"] == cb["scheduler"] and ca["iteration"] == cb["iteration"] == 8
-    assert rows(tmp_path / "straight" / "log_train.csv") != []
-    strip = lambda rs: [(r["iteration"], r["loss"], r["lr"]) for r in rs]  # noqa: E731
-    assert strip(rows(tmp_path / "straight" / "log_train.csv")) == strip(rows(tmp_path / "resumed" / "log_train.csv"))
-    assert straight["final"]["mIoU"] == resumed["final"]["mIoU"]
+    sa, sb = ca["optimizer_states"][0]["state"], cb["optimizer_states"][0]["state"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k][s], sb[k][s]) for k in sa for s in sa[k])
+    assert ca["lr_schedulers"] == cb["lr_schedulers"] and ca["global_step"] == cb["global_step"] == 8
+    log_a, log_b = rows(tmp_path / "straight" / "metrics.csv"), rows(tmp_path / "resumed" / "metrics.csv")
+    assert len(rows(tmp_path / "straight" / "metrics.csv", "train/loss")) == 8 and log_a == log_b
+    assert [e["mIoU"] for e in straight_evals(log_a)] == [e["mIoU"] for e in straight_evals(log_b)]
+    assert straight["final"] == resumed["final"]
 
     with pytest.raises(ConfigError, match="already holds a run"):
         train(interrupted_cfg, tmp_path / "resumed")
-    changed = toy_config(toy, **settings, **{"optim.lr": 0.01})
-    with pytest.raises(ConfigError, match=r"differs from the checkpoint's in \['optim.lr'\]"):
+    changed = toy_config(toy, **{**settings, "optim.lr": 0.01, "train.log_interval": 5})  # log_interval: run-only
+    with pytest.raises(ResumeConfigError, match=r"differs from the checkpoint's in \['optim.lr'\]"):
         train(changed, tmp_path / "resumed", resume=tmp_path / "resumed" / CHECKPOINT)
-    with pytest.raises(ConfigError, match="checkpoint not found"):
+    with pytest.raises(CheckpointError, match="checkpoint file not found"):
         train(interrupted_cfg, tmp_path / "other", resume=tmp_path / "other" / CHECKPOINT)
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*bad\.ckpt"):
+        train(interrupted_cfg, tmp_path / "other", resume=tmp_path / "bad.ckpt")
+
+
+def straight_evals(log):
+    return [{"step": r["step"], "mIoU": r["val/mIoU"]} for r in log if r["val/mIoU"]]
 
 
 def test_sigterm_writes_a_checkpoint_and_resume_continues(toy, tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "seg_plugin.train_ade20k", "--config", str(TOY_CONFIG), "--data-root", str(toy),
-               "--out-dir", str(out), "--set", "data.crop_size=32", "--set", "train.log_interval=1",
-               "--set", "train.eval_at_start=false", "--set", "train.progress=false", "--iterations", "30"]
-    proc = subprocess.Popen(command, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = out / "log_train.csv"
+               "--out-dir", str(out)]
+    opts = ["data.crop_size", "32", "train.log_interval", "1", "train.eval_at_start", "false", "train.progress", "false",
+            "train.iterations", "30"]
+    proc = subprocess.Popen(command + opts + ["train.checkpoint_interval", "2"], cwd=REPO, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
-    while time.time() < deadline and not (log.is_file() and len(rows(log)) >= 2):
+    while time.time() < deadline and not (out / CHECKPOINT).is_file():  # running: iteration 2 saved
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    saved = torch.load(out / CHECKPOINT, weights_only=True)["iteration"]
-    assert 2 <= saved < 30 and f"interrupted at iteration {saved}; checkpoint written to" in err
-    refused = subprocess.run(command + ["--resume", "--set", "optim.lr=0.5"], cwd=REPO, env=env(),
+    saved = torch.load(out / CHECKPOINT, weights_only=True)["global_step"]
+    assert 3 <= saved < 30 and f"interrupted at iteration {saved}; checkpoint written to" in err
+    refused = subprocess.run(command + ["--resume"] + opts + ["optim.lr", "0.5"], cwd=REPO, env=env(),
                              capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "differs from the checkpoint's in ['optim.lr']" in refused.stderr
-    resumed = subprocess.run(command + ["--resume"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(command + ["--resume"] + opts, cwd=REPO, env=env(), capture_output=True, text=True,
+                             timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"iterations {saved}->30" in resumed.stdout and "final mIoU" in resumed.stdout
-    assert [int(r["iteration"]) for r in rows(log)] == list(range(1, 31))
+    assert [int(r["step"]) for r in rows(out / "metrics.csv", "train/loss")] == list(range(30))
 
 
 def test_ddp_under_torchrun_with_amp_and_accumulation(toy, tmp_path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "seg_plugin.train_ade20k", "--config", str(TOY_CONFIG), "--data-root", str(toy),
-               "--out-dir", str(out), "--iterations", "4", "--batch-size", "8", "--amp",
-               "--set", "data.crop_size=32", "--set", "train.eval_at_start=false",
-               "--set", "train.progress=false", "--set", "train.log_interval=2", "--set", "train.grad_accum=2",
-               "--set", "train.tensorboard=true"]
+               "--out-dir", str(out), "train.iterations", "4", "train.batch_size", "8", "train.amp", "true",
+               "data.crop_size", "32", "train.eval_at_start", "false", "train.progress", "false",
+               "train.log_interval", "2", "train.grad_accum", "2", "train.tensorboard", "true"]
     done = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 process(es) x 2 accumulation x 2" in done.stdout and "final mIoU" in done.stdout
+    assert "(16 images)" in done.stdout  # the evaluation counts both ranks' halves of the validation split
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
     saved = torch.load(out / CHECKPOINT, weights_only=True)
-    assert saved["world_size"] == 2 and len(saved["rng"]) == 2 and saved["iteration"] == 4
-    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
-    assert [r["iteration"] for r in rows(out / "log_train.csv")] == ["2", "4"]
+    assert len(saved["rng"]) == 2 and saved["global_step"] == 4
+    assert not torch.equal(saved["rng"][0]["torch"], saved["rng"][1]["torch"])  # each rank's own generator
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+    assert [r["step"] for r in rows(out / "metrics.csv", "train/loss")] == ["1", "3"]
 
 
 def test_unused_parameters_are_detected_for_ddp(toy):
@@ -158,6 +184,21 @@ def test_unused_parameters_are_detected_for_ddp(toy):
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_configs_inherit_the_recipe_and_reject_unknown_keys(tmp_path):
+    small, base = load_config(CONFIGS / "fpn_fec_s_ade20k_80k.yaml"), load_config(CONFIGS / "fpn_fec_b_ade20k_80k.yaml")
+    assert base.model.encoder == "fec_b" and load_config(CONFIGS / "fpn_fec_l_ade20k_80k.yaml").model.encoder == "fec_l"
+    assert {**base, "model": None} == {**small, "model": None} and base.model.arch_kwargs == {"decoder_dropout": 0.1}
+    toy = load_config(TOY_CONFIG)
+    assert toy.model.arch_kwargs == {"decoder_dropout": 0.1, "decoder_pyramid_channels": 64,
+                                     "decoder_segmentation_channels": 32}
+    assert toy.optim.weight_decay == 1e-4 and toy.train.iterations == 300
+    (tmp_path / "typo.yaml").write_text(f"_BASE_: {TOY_CONFIG}\ntrain:\n  iteration: 5\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml: unknown setting 'train.iteration'"):
+        load_config(tmp_path / "typo.yaml")
+    with pytest.raises(ConfigError, match=r"command line: .*Type mismatch.*train.iterations"):
+        load_config(TOY_CONFIG, {"train.iterations": "many"})
+    assert math.isclose(load_config(TOY_CONFIG, {"optim.lr": "2.0e-3"}).optim.lr, 2e-3)
+
 
 def test_command_line_errors_are_one_clear_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "seg_plugin.train_ade20k", "--config", str(TOY_CONFIG),
@@ -166,3 +207,6 @@ def test_command_line_errors_are_one_clear_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "nowhere/images/training does not exist" in done.stderr
     assert "Traceback" not in done.stderr
+    typo = subprocess.run([sys.executable, "-m", "seg_plugin.train_ade20k", "--out-dir", str(tmp_path / "out"),
+                           "train.iters", "5"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert typo.returncode == 2 and typo.stderr.startswith("error: command line: unknown setting 'train.iters'")

@@ -24,7 +24,8 @@ import timm  # noqa: E402
 
 import fec_backbone  # noqa: E402,F401
 from fec_backbone import cluster_ops  # noqa: E402
-from fec_backbone.fec import ClusterMixer, ClusterPool, Mlp, Stem, TokenGroupNorm1  # noqa: E402
+from fec_backbone.fec import ClusterMixer, ClusterPool, Stem, TokenGroupNorm1
+from timm.layers import Mlp  # noqa: E402
 
 PARTS = {Stem: "stem", ClusterMixer: "cluster mixer", ClusterPool: "cluster pool", Mlp: "mlp", TokenGroupNorm1: "norm"}
 

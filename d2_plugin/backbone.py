@@ -18,13 +18,13 @@ from typing import Dict, List, Sequence
 import timm
 import torch
 import torch.nn as nn
+from timm.layers import GroupNorm1
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 
 import fec_backbone
-from fec_backbone.fec import GroupNorm1
 
 __all__ = [
     "FECBackbone",

@@ -14,14 +14,14 @@ import time
 from typing import Dict, Optional, Sequence
 
 from d2_plugin.compat import detectron2_version
+from fec_backbone.model_zoo import get_config_file
 from d2_plugin.train_net import Trainer, register_datasets, setup
 
 from detectron2.engine import default_argument_parser
 
 __all__ = ["main"]
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "detectron2",
-                              "toy_mask_rcnn_fec_s.yaml")
+DEFAULT_CONFIG = get_config_file("detectron2/toy_mask_rcnn_fec_s.yaml")
 
 
 def _ap(results: Dict, task: str) -> float:

@@ -26,6 +26,7 @@ from d2_plugin.data import check_datasets  # noqa: E402
 from d2_plugin.engine import ResumableTrainerMixin  # noqa: E402
 from d2_plugin.solver import build_fec_optimizer  # noqa: E402
 from d2_plugin.toy_data import prepare_toy_datasets  # noqa: E402
+from fec_backbone.model_zoo import resolve_config  # noqa: E402
 
 import detectron2.utils.comm as comm  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
@@ -61,6 +62,7 @@ def setup(args):
     """Config from ``--config-file`` and command-line overrides, with the ``MODEL.FEC`` options."""
     cfg = get_cfg()
     d2_plugin.add_fec_config(cfg)
+    args.config_file = resolve_config(args.config_file)  # configs/... names work outside a checkout too
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()

@@ -276,6 +276,7 @@ def fit_state_dict(
     model: nn.Module,
     *,
     allow_missing: Sequence[str] = (),
+    staged: Sequence[str] = (),
     result: Optional[LoadResult] = None,
 ) -> Dict[str, torch.Tensor]:
     """``state_dict`` (FEC layout, e.g. from :func:`read_fec_weights`) reduced to what ``model`` holds,
@@ -285,7 +286,9 @@ def fit_state_dict(
     purpose: the classifier when the model has none or one of another size, the final norm when the
     model has none, stages the model does not have. The stem of a model with another ``in_chans`` is
     adapted as timm adapts a first conv (the two coordinate channels are kept). Model keys starting
-    with ``allow_missing`` may be absent (they keep their initial values). Anything else that differs
+    with ``allow_missing`` may be absent (they keep their initial values). ``staged`` names adapter
+    modules indexed by stage (an smp encoder's ``out_norms``), dropped like the stages a model lacks.
+    Anything else that differs
     raises :class:`CheckpointError`, naming the checkpoint's variant when it is another one.
     """
     from timm.models import adapt_input_conv
@@ -303,7 +306,8 @@ def fit_state_dict(
         drop = (
             (top in ("head", "norm") and key not in expected)
             or (top == "head" and tuple(value.shape) != tuple(expected[key].shape))
-            or (top == "stages" and rest.split(".", 1)[0].isdigit() and int(rest.split(".", 1)[0]) >= kept_stages)
+            or (top in ("stages", *staged) and rest.split(".", 1)[0].isdigit()
+                and int(rest.split(".", 1)[0]) >= kept_stages)
         )
         if drop:
             result.ignored.append(key)

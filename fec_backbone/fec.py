@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, get_device_dtype, trunc_normal_
+from timm.layers import DropPath, Mlp, calculate_drop_path_rates, get_device_dtype, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._features_fx import register_notrace_function
@@ -27,7 +27,9 @@ from .cluster_ops import cluster_mix, cluster_pool
 from .checkpoint import CheckpointError, fit_state_dict, read_fec_weights
 from .norm import TokenGroupNorm1  # single-group norm of the channels-last blocks, pools and stage output
 
-__all__ = ["FEC", "PRESETS", "VARIANTS", "checkpoint_filter_fn", "count_parameters"]
+__all__ = [
+    "FEC", "PRESETS", "VARIANTS", "check_input", "checkpoint_filter_fn", "count_parameters", "to_nchw", "to_nhwc"
+]
 
 IntOrPair = Union[int, Tuple[int, int]]
 #: Called by a clustering layer with (layer, centre index per point [G, N], per-region map size (h, w)).
@@ -43,14 +45,9 @@ PRESETS: Dict[str, Dict[str, Tuple[int, ...]]] = {
 
 
 def _pair(v: IntOrPair) -> Tuple[int, int]:
+    """``(rows, cols)`` as ints. Not timm's ``to_2tuple``: that keeps a list (as yacs configs give) a
+    list, and the layouts are compared and hashed as tuples."""
     return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
-
-
-class GroupNorm1(nn.GroupNorm):
-    """GroupNorm with a single group (normalises over C, H and W): ``[B, C, H, W]``."""
-
-    def __init__(self, num_channels: int, eps: float = 1e-5, device=None, dtype=None):
-        super().__init__(1, num_channels, eps=eps, device=device, dtype=dtype)
 
 
 def to_nchw(x: torch.Tensor) -> torch.Tensor:
@@ -99,7 +96,9 @@ def _check_folds(h: int, w: int, folds: Tuple[int, int]) -> None:
 def split_regions(x: torch.Tensor, folds: Tuple[int, int]) -> torch.Tensor:
     """``[B, H, W, S, E, C]`` (S tensors of E heads) -> ``[S, B*E*fh*fw, H/fh, W/fw, C]``.
 
-    Group order is (batch, head, region row, region column), as the reference's rearranges; one copy.
+    In einops notation: ``b (fh h) (fw w) s e c -> s (b e fh fw) h w c``: a group is one head of one fold
+    region of one image, ordered (batch, head, region row, region column) as the reference's rearranges;
+    one copy.
     """
     b, h, w, s, e, c = x.shape
     fh, fw = folds
@@ -110,7 +109,10 @@ def split_regions(x: torch.Tensor, folds: Tuple[int, int]) -> torch.Tensor:
 
 @register_notrace_function
 def merge_regions(x: torch.Tensor, batch: int, folds: Tuple[int, int]) -> torch.Tensor:
-    """Inverse of :func:`split_regions` for one tensor: ``[B*E*fh*fw, h, w, C]`` -> ``[B, fh*h, fw*w, E*C]``."""
+    """Inverse of :func:`split_regions` for one tensor: ``[B*E*fh*fw, h, w, C]`` -> ``[B, fh*h, fw*w, E*C]``.
+
+    In einops notation: ``(b e fh fw) h w c -> b (fh h) (fw w) (e c)``.
+    """
     g, h, w, c = x.shape
     fh, fw = folds
     e = g // (batch * fh * fw)
@@ -131,6 +133,7 @@ def region_centres(fv: torch.Tensor, heads: int, proposals: Tuple[int, int], fol
     (ph, pw), (fh, fw) = proposals, folds
     _check_folds(h, w, folds)
     pooled = F.adaptive_avg_pool2d(to_nchw(fv), (fh * ph, fw * pw))  # [B, 2*E*C, fh*ph, fw*pw]
+    # b (s e c) (fh ph) (fw pw) -> s (b e fh fw) (ph pw) c
     pooled = pooled.view(b, 2, heads, -1, fh, ph, fw, pw).permute(1, 0, 2, 4, 6, 5, 7, 3)
     return pooled.reshape(2, b * heads * fh * fw, ph * pw, pooled.shape[-1])
 
@@ -216,20 +219,6 @@ class ClusterMixer(nn.Module):
         return _linear(merge_regions(out.view(g, rh, rw, c), b, self.folds), self.proj)
 
 
-class Mlp(nn.Module):
-    """Two-layer pointwise MLP with GELU on a channels-last map ``[B, H, W, C]``."""
-
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0, device=None, dtype=None):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden, device=device, dtype=dtype)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim, device=device, dtype=dtype)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
 class ClusterBlock(nn.Module):
     """Pre-norm residual block on ``[B, H, W, C]``: clustering token mixer, then MLP, each with layer
     scale and drop path."""
@@ -253,7 +242,7 @@ class ClusterBlock(nn.Module):
         self.norm1 = TokenGroupNorm1(dim, **dd)
         self.token_mixer = ClusterMixer(dim, heads, head_dim, proposals, folds, **dd)
         self.norm2 = TokenGroupNorm1(dim, **dd)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop, **dd)  # timm's: fc1, GELU, fc2 on [..., C]
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.layer_scale_1 = nn.Parameter(torch.full((dim,), layer_scale_init_value, **dd))
         self.layer_scale_2 = nn.Parameter(torch.full((dim,), layer_scale_init_value, **dd))
@@ -418,10 +407,9 @@ class FEC(nn.Module):
         self.reduction = 4 * 2 ** (n - 1)
 
         self.stem = Stem(in_chans, embed_dims[0], **dd)
-        total = sum(layers)
+        drop_path_rates = calculate_drop_path_rates(drop_path_rate, list(layers), stagewise=True)
         stages = []
         self.feature_info = []
-        start = 0
         for i in range(n):
             downsample = ClusterPool(embed_dims[i - 1], embed_dims[i], folds[i], **dd) if i > 0 else None
             blocks = [
@@ -433,13 +421,12 @@ class FEC(nn.Module):
                     proposals=proposals[i],
                     folds=folds[i],
                     drop=proj_drop_rate,
-                    drop_path=drop_path_rate * (start + j) / max(total - 1, 1),
+                    drop_path=drop_path_rates[i][j],
                     layer_scale_init_value=layer_scale_init_value,
                     **dd,
                 )
                 for j in range(layers[i])
             ]
-            start += layers[i]
             stages.append(FecStage(downsample, blocks))
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=4 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
@@ -662,7 +649,6 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     "fec_base": dict(layers=(2, 2, 6, 2), embed_dims=(64, 128, 320, 512), heads=(4, 4, 8, 8), head_dim=32),
     "fec_large": dict(layers=(4, 4, 12, 4), embed_dims=(64, 128, 320, 512), heads=(6, 6, 12, 12), head_dim=32),
 }
-MODEL_ARGS = VARIANTS  # former name
 
 
 @register_model

@@ -1,7 +1,6 @@
 """Training helpers shared by the classification, Detectron2 and segmentation pipelines.
 
 * :func:`atomic_write` / :func:`atomic_save`: a crash leaves the old file or the new one, never a part.
-* :func:`load_training_checkpoint`: a checkpoint read with ``weights_only=True``, or a clear error.
 * :func:`capture_rng_state` / :func:`restore_rng_state`: Python, NumPy, torch and CUDA generators as
   tensors and plain values, so a checkpoint holding them loads with ``torch.load(weights_only=True)``.
 * :class:`ResumableSampler`: an endless stream of shuffled epochs split across ranks that can start at
@@ -35,7 +34,6 @@ __all__ = [
     "check_resume_config",
     "ensure_generated",
     "flatten_config",
-    "load_training_checkpoint",
     "restore_rng_state",
 ]
 
@@ -68,24 +66,6 @@ def atomic_save(obj: Any, path: PathLike) -> None:
     """``torch.save(obj, path)`` through :func:`atomic_write`."""
     with atomic_write(path) as f:
         torch.save(obj, f)
-
-
-def load_training_checkpoint(path: PathLike) -> Dict[str, Any]:
-    """The dictionary of a training checkpoint, read with ``weights_only=True``; a missing, damaged or
-    non-dictionary file raises :class:`~fec_backbone.checkpoint.CheckpointError` naming the file."""
-    from .checkpoint import CheckpointError
-
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file not found: {str(path)!r}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        first = str(err).splitlines()[0] if str(err) else ""
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {type(err).__name__}: {first}. The file is "
-                              "damaged, truncated or not a PyTorch checkpoint") from err
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, not a dictionary")
-    return dict(obj)
 
 
 def capture_rng_state() -> Dict[str, Any]:

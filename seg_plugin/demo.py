@@ -17,10 +17,12 @@ import torch
 
 import segmentation_models_pytorch as smp
 
+from fec_backbone.model_zoo import get_config_file
+
 from .toy_data import generate
 from .train_ade20k import load_config, train
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "segmentation" / "toy_fpn_fec_s.yaml"
+CONFIG = get_config_file("segmentation/toy_fpn_fec_s.yaml")
 
 
 def architectures() -> List[Tuple[str, str, str]]:

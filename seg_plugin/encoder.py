@@ -30,7 +30,10 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.encoders._base import EncoderMixin
 from timm.models import adapt_input_conv
 
-from fec_backbone.fec import FEC, GroupNorm1, check_input, to_nchw
+from timm.layers import GroupNorm1
+
+from fec_backbone import FEC, fit_state_dict
+from fec_backbone.fec import check_input, to_nchw
 
 __all__ = ["FecEncoder"]
 
@@ -133,19 +136,12 @@ class FecEncoder(FEC, EncoderMixin):
         self._output_stride = output_stride
 
     def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
-        """Load encoder weights, dropping what an encoder does not hold: the classifier (``head.*``), the
-        classification norm (``norm.*``) and stages/output norms beyond ``depth``."""
-        kept = len(self.stages)
-
-        def needed(key: str) -> bool:
-            if key.startswith(("head.", "norm.")):
-                return False
-            parts = key.split(".")
-            if parts[0] in ("stages", "out_norms") and parts[1].isdigit():
-                return int(parts[1]) < kept
-            return True
-
-        return super().load_state_dict({k: v for k, v in state_dict.items() if needed(k)}, strict=strict, assign=assign)
+        """Load encoder weights through the core's loader (:func:`fec_backbone.fit_state_dict`): what an
+        encoder does not hold (classifier, classification norm, stages and output norms beyond ``depth``)
+        is left out, everything else is checked key by key."""
+        if strict:
+            state_dict = fit_state_dict(state_dict, self, staged=("out_norms",))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """``[B, in_channels, H, W]`` (any ``H, W >= 2``) -> ``depth + 1`` maps; level ``k`` is

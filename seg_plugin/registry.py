@@ -12,7 +12,7 @@ from typing import Any, Dict
 
 import segmentation_models_pytorch as smp
 
-from fec_backbone.fec import MODEL_ARGS
+from fec_backbone import VARIANTS
 
 from .encoder import FecEncoder
 from .hub import ENCODER_VARIANTS, pretrained_settings
@@ -34,7 +34,7 @@ def encoder_params(base: str, **overrides: Any) -> Dict[str, Any]:
             f"{reserved} cannot be encoder params: smp sets depth, output stride and input channels "
             "(encoder_depth, encoder_output_stride, in_channels)"
         )
-    args = dict(MODEL_ARGS[ENCODER_VARIANTS[base]])
+    args = dict(VARIANTS[ENCODER_VARIANTS[base]])
     params: Dict[str, Any] = {"out_channels": [3, 0, *args["embed_dims"]], "preset": "segmentation", **args}
     params.update(overrides)
     return params

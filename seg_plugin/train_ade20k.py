@@ -49,14 +49,14 @@ from torch.utils.data import DataLoader
 
 import segmentation_models_pytorch as smp
 
-from fec_backbone.checkpoint import CheckpointError
+from fec_backbone.checkpoint import CheckpointError, read_checkpoint
+from fec_backbone.model_zoo import resolve_config
 from fec_backbone.training import (
     ResumableSampler,
     ResumeConfigError,
     atomic_save,
     capture_rng_state,
     check_resume_config,
-    load_training_checkpoint,
     restore_rng_state,
 )
 
@@ -107,9 +107,11 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[Ma
     cfg, source = get_cfg(), str(path)
     try:
         if path is not None:
-            if not Path(path).is_file():
-                raise ConfigError(f"config file not found: {path}")
-            cfg.merge_from_file(str(path))
+            try:
+                path = resolve_config(str(path))  # configs/... names work outside a checkout too
+            except FileNotFoundError as err:
+                raise ConfigError(str(err)) from None
+            cfg.merge_from_file(path)
         source = "command line"
         cfg.merge_from_list([item for pair in (overrides or {}).items() for item in pair])
     except (KeyError, ValueError, AssertionError, yaml.YAMLError) as err:
@@ -358,7 +360,7 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike],
                           f"({world} x {t.grad_accum})")
     batch = t.batch_size // (world * t.grad_accum)
     if resume is not None:
-        saved = load_training_checkpoint(resume)
+        saved = read_checkpoint(resume)
         if not {"config", "rng", "global_step"} <= set(saved):
             raise CheckpointError(f"{resume} is not a checkpoint of this trainer (it lacks the settings, random "
                                   "states or iteration); start a new run")

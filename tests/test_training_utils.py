@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fec_backbone.checkpoint import CheckpointError
+from fec_backbone.checkpoint import CheckpointError, read_checkpoint
 from fec_backbone.training import (
     GeneratedDataError,
     ResumableSampler,
@@ -20,7 +20,6 @@ from fec_backbone.training import (
     capture_rng_state,
     check_resume_config,
     ensure_generated,
-    load_training_checkpoint,
     restore_rng_state,
 )
 
@@ -28,18 +27,18 @@ from fec_backbone.training import (
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "sub" / "ckpt.pth"
     atomic_save({"w": torch.arange(3)}, path)
-    assert torch.equal(load_training_checkpoint(path)["w"], torch.arange(3))
+    assert torch.equal(read_checkpoint(path)["w"], torch.arange(3))
     with pytest.raises(RuntimeError, match="disk full"):
         with atomic_write(path) as f:
             f.write(b"half a checkpoint")
             raise RuntimeError("disk full")
-    assert torch.equal(load_training_checkpoint(path)["w"], torch.arange(3))  # old file intact
+    assert torch.equal(read_checkpoint(path)["w"], torch.arange(3))  # old file intact
     assert [p.name for p in path.parent.iterdir()] == ["ckpt.pth"]  # no temporary file left
     (tmp_path / "bad.pth").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*bad\.pth"):
-        load_training_checkpoint(tmp_path / "bad.pth")
+        read_checkpoint(tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="not found"):
-        load_training_checkpoint(tmp_path / "none.pth")
+        read_checkpoint(tmp_path / "none.pth")
 
 
 def _draws():

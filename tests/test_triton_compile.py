@@ -45,10 +45,10 @@ def launch_configs() -> Dict[str, object]:
     import torch
 
     from fec_backbone import PRESETS, cluster_kernels
-    from fec_backbone.fec import MODEL_ARGS
+    from fec_backbone import VARIANTS
 
     configs: Dict[str, object] = {}
-    for model, args in MODEL_ARGS.items():
+    for model, args in VARIANTS.items():
         head_dims = args["head_dim"] if isinstance(args["head_dim"], (tuple, list)) else [args["head_dim"]] * 4
         for preset, layout in PRESETS.items():
             for dtype_name in STORAGE:

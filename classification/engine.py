@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import time
 from typing import Any, Callable, Dict, Mapping, Optional
@@ -14,6 +13,7 @@ import torch.nn as nn
 from timm.utils import CheckpointSaver, accuracy, dispatch_clip_grad
 
 from fec_backbone.checkpoint import check_keys
+from fec_backbone.training import atomic_save
 
 __all__ = [
     "amp_autocast",
@@ -199,8 +199,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
     """timm's CheckpointSaver (``last``, ``checkpoint-<epoch>`` and ``model_best`` files, top-N
     history), writing whatever ``state_fn(epoch)`` returns.
 
-    timm writes ``tmp.pth.tar`` and renames it over ``last.pth.tar``; the file is also flushed to disk
-    before the rename, so a crash at any moment leaves the previous or the new checkpoint, never a part.
+    timm writes ``tmp.pth.tar`` and renames it over ``last.pth.tar``; the file is written through the
+    shared :func:`fec_backbone.training.atomic_save` (flushed to disk, renamed into place), so a crash at
+    any moment leaves the previous or the new checkpoint, never a part.
     """
 
     def __init__(self, state_fn: Callable[[int], Dict[str, Any]], checkpoint_dir: str, max_history: int = 10,
@@ -214,10 +215,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
         state.update(epoch=epoch, version=2, saver=self.state_dict(epoch, metric))
         if metric is not None:
             state["metric"] = metric
-        with open(save_path, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+        atomic_save(state, save_path)
 
 
 def load_model_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:

@@ -47,6 +47,7 @@ from classification.engine import (
 )
 from fec_backbone.checkpoint import CheckpointError, read_checkpoint, read_fec_weights
 from fec_backbone.model_zoo import resolve_config
+from fec_backbone.training import ResumeConfigError, check_resume_config
 
 _logger = logging.getLogger("train")
 
@@ -136,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: settings of a run that a resumed run does not take over from its checkpoint
 _NOT_RESUMED = {"resume", "output", "config", "rank", "local_rank", "world_size", "distributed", "device", "threads"}
+#: settings a resumed run may change (they do not change the training trajectory); any other change is refused
+RUN_ONLY = sorted(_NOT_RESUMED | {"data_dir", "workers", "log_interval", "log_tb", "checkpoint_hist",
+                                  "validation_batch_size"})
 
 
 def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Optional[Dict[str, Any]]]:
@@ -197,6 +201,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     _logger.setLevel(logging.INFO if primary else logging.WARNING)
     log = _logger.info
     _check_args(args)
+    if resume_state is not None:  # the resume policy shared by the three pipelines
+        for change in check_resume_config(resume_state.get("args") or {}, _serialisable(args), RUN_ONLY):
+            log(f"resumed run: run-only setting changed, {change}")
     if resume_state is not None and resume_state.get("arch") != args.model:
         raise CheckpointError(
             f"--resume {args.resume!r} is a checkpoint of {resume_state.get('arch')!r}, but --model is {args.model!r}"
@@ -318,12 +325,6 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         else:
             lr_scheduler.step(start_epoch)
         log(f"resumed {args.resume} at epoch {start_epoch} (update {num_updates})")
-        before = resume_state.get("args") or {}
-        ignore = _NOT_RESUMED | {"log_interval"}
-        changed = [f"{k} {before[k]!r} -> {v!r}" for k, v in _serialisable(args).items()
-                   if k in before and k not in ignore and before[k] != v]
-        if changed:
-            log(f"note: settings changed since the resumed run: {'; '.join(changed)}")
 
     train_model: nn.Module = model
     if args.distributed:
@@ -422,7 +423,7 @@ def cli() -> None:
     logging.getLogger("timm").setLevel(logging.WARNING)
     try:
         main()
-    except (CheckpointError, DatasetError, ImageReadError, FileNotFoundError) as err:
+    except (CheckpointError, DatasetError, ImageReadError, FileNotFoundError, ResumeConfigError) as err:
         raise SystemExit(f"error: {err}")
 
 

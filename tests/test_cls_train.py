@@ -15,6 +15,7 @@ from classification import train, validate
 from classification.data import DatasetError, ImageReadError
 from classification.toy_data import make_toy_imagefolder
 from fec_backbone.checkpoint import CheckpointError
+from fec_backbone.training import ResumeConfigError
 from reference_fec import reference_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,7 +102,9 @@ def test_resume_after_kill_continues_identically(tiny, tmp_path):
     last = os.path.join(killed, "last.pth.tar")
     assert torch.load(last, weights_only=True)["epoch"] == 0
 
-    train.main(["--resume", last, "--threads", "1"])  # the run's settings come from its checkpoint
+    with pytest.raises(ResumeConfigError, match=r"\['lr'\]"):  # the shared resume policy: trajectory settings stay
+        train.main(["--resume", last, "--threads", "1", "--lr", "0.5"])
+    train.main(["--resume", last, "--threads", "1", "--log-interval", "3"])  # run-only settings may change
     a = torch.load(os.path.join(straight, "last.pth.tar"), weights_only=True)
     b = torch.load(last, weights_only=True)
     assert a["epoch"] == b["epoch"] == 1 and a["num_updates"] == b["num_updates"] == 4

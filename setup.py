@@ -32,7 +32,8 @@ setup(
         "seg": ["segmentation-models-pytorch>=0.5", "torchmetrics>=1.0", "tensorboard", "lightning>=2.5"],
         # torch-scatter builds against the installed torch: pip install --no-build-isolation torch-scatter
         "scatter": ["torch-scatter>=2.1"],
-        "dev": ["pytest>=7", "einops", "onnx", "onnxruntime", "onnxscript", "tensorboard", "matplotlib", "scikit-learn"],
+        "dev": ["pytest>=7", "einops", "GitPython", "onnx", "onnxruntime", "onnxscript", "tensorboard", "matplotlib",
+                "scikit-learn"],
     },
     entry_points={"console_scripts": ["fec=fec_backbone.cli:main"]},
     classifiers=[

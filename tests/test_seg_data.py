@@ -146,12 +146,17 @@ def test_train_sample_follows_the_reference_pipeline(toy):
 
 
 def test_eval_sample_keeps_original_labels(toy):
+    """Labels stay at the original size; the image is rescaled as mmseg's keep-ratio Resize does (the
+    largest factor with long side <= 256 and short side <= 64, rounded), then sized up to multiples of 32."""
     data = ADE20KEvalDataset(toy, "validation", 4, TOY_AUG)
-    image, labels = data[0]
-    _, raw = read_pair(*data.pairs[0], 4)
-    assert labels.shape == raw.shape and torch.equal(labels, torch.from_numpy(raw.astype(np.int64)))
-    assert image.shape[1] % 32 == 0 and image.shape[2] % 32 == 0
-    assert min(image.shape[1:]) == 64 or max(image.shape[1:]) <= 256 + 31
+    for i in range(len(data)):
+        image, labels = data[i]
+        _, raw = read_pair(*data.pairs[i], 4)
+        assert labels.shape == raw.shape and torch.equal(labels, torch.from_numpy(raw.astype(np.int64)))
+        h, w = raw.shape
+        factor = min(256 / max(h, w), 64 / min(h, w))
+        expected = [-(-int(side * factor + 0.5) // 32) * 32 for side in (h, w)]
+        assert list(image.shape) == [3, *expected], (i, h, w)
     assert rescale_size(512, 683, (2048, 512)) == (683, 512)
     assert rescale_size(300, 4000, (2048, 512)) == (2048, 154)
 

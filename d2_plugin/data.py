@@ -9,19 +9,18 @@ the problem.
 from __future__ import annotations
 
 import inspect
-import itertools
 import json
 import logging
 import os
-from typing import Any, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.data.build import build_batch_data_loader
-from detectron2.data.samplers import TrainingSampler
+
+from fec_backbone.training import ResumableSampler
 
 __all__ = [
     "CocoFormatError",
-    "ResumableTrainingSampler",
     "build_resumable_train_loader",
     "check_datasets",
     "validate_coco_instances",
@@ -159,22 +158,10 @@ def check_datasets(names: Iterable[str], check_image_sizes: bool = False) -> Non
     comm.synchronize()
 
 
-class ResumableTrainingSampler(TrainingSampler):
-    """Detectron2's infinite shuffled index stream, started ``start`` indices into this rank's share, so
-    a resumed run sees the same samples as an uninterrupted one."""
-
-    def __init__(self, size: int, shuffle: bool = True, seed: Optional[int] = None, start: int = 0):
-        super().__init__(size, shuffle=shuffle, seed=seed)
-        self._start = int(start)
-
-    def __iter__(self) -> Iterator[int]:
-        first = self._rank + self._start * self._world_size
-        yield from itertools.islice(self._infinite_indices(), first, None, self._world_size)
-
-
 def build_resumable_train_loader(cfg, seed: int, start_iter: int = 0, mapper=None):
-    """``build_detection_train_loader`` with a :class:`ResumableTrainingSampler` that skips the samples of
-    iterations ``0 .. start_iter - 1``. The continuation is exact with ``DATALOADER.NUM_WORKERS 0`` and
+    """``build_detection_train_loader`` with the shared :class:`fec_backbone.training.ResumableSampler`
+    (Detectron2's rank split of an endless shuffled stream) started after the samples of iterations
+    ``0 .. start_iter - 1``. The continuation is exact with ``DATALOADER.NUM_WORKERS 0`` and
     ``ASPECT_RATIO_GROUPING False``; otherwise workers and grouping buffers reorder nearby samples."""
     from detectron2.data import get_detection_dataset_dicts
     from detectron2.utils import comm
@@ -190,7 +177,8 @@ def build_resumable_train_loader(cfg, seed: int, start_iter: int = 0, mapper=Non
         proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
     )
     per_rank = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
-    sampler = ResumableTrainingSampler(len(dataset), seed=seed, start=start_iter * per_rank)
+    sampler = ResumableSampler(len(dataset), comm.get_rank(), comm.get_world_size(), seed=seed,
+                               start=start_iter * per_rank)
     kwargs: Dict[str, Any] = {} if mapper is None else {"mapper": mapper}
     if _LOADER_TAKES_SEED:
         # The loader gets its own generator: Detectron2 main makes the loader's iterator lazily, at the

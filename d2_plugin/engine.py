@@ -5,8 +5,9 @@ model, scheduler and iteration that ``DefaultTrainer`` saves:
 
 * the optimizer state: Detectron2 v0.6's ``DefaultTrainer`` leaves it out of its checkpoints (AdamW's
   moments and the current learning rate are lost on resume; fixed on main), so the mixin saves it;
-* the random generators (Python, NumPy, torch CPU and CUDA) and the training sampler's seed
-  (:class:`TrainingRNG`), restored after resuming;
+* the random generators (Python, NumPy, torch CPU and CUDA, captured by the shared
+  :func:`fec_backbone.training.capture_rng_state`) and the training sampler's seed (:class:`TrainingRNG`),
+  restored after resuming;
 * the position in the training sample stream: the loader restarts ``start_iter`` batches in
   (:func:`d2_plugin.data.build_resumable_train_loader`).
 
@@ -15,13 +16,12 @@ Evaluations during training leave the generators untouched (:func:`preserve_rng`
 from __future__ import annotations
 
 import contextlib
-import random
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 
-import numpy as np
-import torch
 from detectron2.engine import DefaultTrainer, SimpleTrainer
 from detectron2.utils import comm
+
+from fec_backbone.training import capture_rng_state, restore_rng_state
 
 from .data import build_resumable_train_loader
 
@@ -33,40 +33,14 @@ def sampler_seed(cfg) -> int:
     return int(cfg.SEED) if cfg.SEED >= 0 else int(comm.shared_random_seed())
 
 
-def _capture() -> Dict[str, Any]:
-    np_state = np.random.get_state()
-    state: Dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore(state: Dict[str, Any]) -> None:
-    random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in state["python"]))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 @contextlib.contextmanager
 def preserve_rng() -> Iterator[None]:
     """Run a block (e.g. an evaluation during training) without changing any generator's state."""
-    state = _capture()
+    state = capture_rng_state()
     try:
         yield
     finally:
-        _restore(state)
+        restore_rng_state(state)
 
 
 class TrainingRNG:
@@ -82,7 +56,7 @@ class TrainingRNG:
         self._pending: Optional[Dict[str, Any]] = None
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"sampler_seed": self.seed, "rank": comm.get_rank(), **_capture()}
+        return {"sampler_seed": self.seed, "rank": comm.get_rank(), **capture_rng_state()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.seed = int(state["sampler_seed"])
@@ -92,7 +66,7 @@ class TrainingRNG:
         """Apply the states loaded from a checkpoint; False if there were none for this rank."""
         if self._pending is None:
             return False
-        _restore(self._pending)
+        restore_rng_state(self._pending)
         self._pending = None
         return True
 

@@ -22,6 +22,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fec_backbone.training import ensure_generated
+
 from .data import validate_coco_instances
 
 __all__ = [
@@ -156,23 +158,14 @@ def make_toy_coco(root: str, num_train: int = 240, num_val: int = 48, seed: int 
     return out
 
 
-def _generated_with(root: str, split: str) -> Optional[Dict]:
-    try:
-        with open(annotation_file(root, split), encoding="utf-8") as f:
-            info = json.load(f).get("info", {})
-    except (OSError, ValueError):
-        return None
-    return info.get("generator") if info.get("version") == GENERATOR_VERSION else None
-
-
 def ensure_toy_coco(root: str, num_train: int = 240, num_val: int = 48, seed: int = 0, max_objects: int = 3) -> Dict[str, str]:
-    """:func:`make_toy_coco` unless ``root`` already holds the data generated with these arguments."""
-    wanted = {"train": num_train, "val": num_val}
-    if all(
-        _generated_with(root, s) == {"num_images": wanted[s], "seed": seed, "max_objects": max_objects} for s in TOY_SPLITS
-    ):
-        return {s: annotation_file(root, s) for s in TOY_SPLITS}
-    return make_toy_coco(root, num_train, num_val, seed, max_objects)
+    """:func:`make_toy_coco` under the shared generated-data policy
+    (:func:`fec_backbone.training.ensure_generated`): kept when generated with these arguments,
+    regenerated when generated with others, an error for a non-empty folder this did not generate."""
+    settings = {"generator": "d2_toy_coco", "version": GENERATOR_VERSION, "num_train": num_train,
+                "num_val": num_val, "seed": seed, "max_objects": max_objects}
+    ensure_generated(root, settings, lambda folder: make_toy_coco(str(folder), num_train, num_val, seed, max_objects))
+    return {s: annotation_file(root, s) for s in TOY_SPLITS}
 
 
 def register_toy_dataset(root: str, prefix: str = "fec_toy") -> List[str]:

@@ -16,16 +16,21 @@ Evaluations during training leave the generators untouched (:func:`preserve_rng`
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 
 from detectron2.engine import DefaultTrainer, SimpleTrainer
 from detectron2.utils import comm
 
-from fec_backbone.training import capture_rng_state, restore_rng_state
+import yaml
+
+from fec_backbone.training import capture_rng_state, check_resume_config, restore_rng_state
 
 from .data import build_resumable_train_loader
 
-__all__ = ["ResumableTrainerMixin", "TrainingRNG", "preserve_rng", "replace_train_loader", "sampler_seed"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["ConfigRecord", "ResumableTrainerMixin", "TrainingRNG", "preserve_rng", "replace_train_loader", "sampler_seed"]
 
 
 def sampler_seed(cfg) -> int:
@@ -71,6 +76,26 @@ class TrainingRNG:
         return True
 
 
+class ConfigRecord:
+    """The run's config inside its checkpoints, checked on resume with the resume policy shared by the three
+    pipelines (:func:`fec_backbone.training.check_resume_config`): only :data:`RUN_ONLY` settings may
+    change, any other change raises :class:`~fec_backbone.training.ResumeConfigError` naming the keys."""
+
+    #: settings that do not change the training trajectory
+    RUN_ONLY = ("OUTPUT_DIR", "DATALOADER.NUM_WORKERS", "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD", "VIS_PERIOD",
+                "DATASETS.TEST")
+
+    def __init__(self, cfg):
+        self.config = yaml.safe_load(cfg.dump())
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"config": self.config}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        for change in check_resume_config(state["config"], self.config, self.RUN_ONLY):
+            logger.info("resumed run: run-only setting changed, %s", change)
+
+
 def replace_train_loader(trainer: SimpleTrainer, build_loader: Callable[[], Iterable]) -> None:
     """Make ``trainer`` (a ``SimpleTrainer``/``AMPTrainer``) draw from ``build_loader()`` from its next step on.
 
@@ -94,6 +119,7 @@ class ResumableTrainerMixin:
         seed = getattr(self._trainer.data_loader, "fec_sampler_seed", None)
         self.rng = TrainingRNG(sampler_seed(cfg) if seed is None else seed)
         self.checkpointer.add_checkpointable("rng", self.rng)
+        self.checkpointer.add_checkpointable("config", ConfigRecord(cfg))
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0, seed: Optional[int] = None):

@@ -23,6 +23,7 @@ from detectron2.engine import HookBase  # noqa: E402
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 
 import d2_plugin  # noqa: E402
+from fec_backbone.training import ResumeConfigError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "detectron2", "toy_mask_rcnn_fec_s.yaml")
@@ -98,12 +99,13 @@ class _Losses(HookBase):
         self.losses[self.trainer.iter] = self.trainer.storage.history("total_loss").latest()
 
 
-def _trainer(output_dir, seed, resume=False):
+def _trainer(output_dir, seed, resume=False, *opts):
     cfg = get_cfg()
     d2_plugin.add_fec_config(cfg)
     cfg.merge_from_file(CONFIG)
     cfg.merge_from_list([*MINI, "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2",
-                         "SOLVER.WARMUP_ITERS", "2", "MODEL.FEC.DROP_PATH_RATE", "0.1", "OUTPUT_DIR", str(output_dir)])
+                         "SOLVER.WARMUP_ITERS", "2", "MODEL.FEC.DROP_PATH_RATE", "0.1", "OUTPUT_DIR", str(output_dir),
+                         *opts])
     seed_all_rng(seed)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=resume)
@@ -127,7 +129,9 @@ def test_resume_after_interruption_is_exact(datasets_dir, tmp_path):
     saved = torch.load(tmp_path / "crashed" / "model_0000001.pth", weights_only=True)
     assert {"model", "trainer", "iteration", "rng"} <= set(saved)  # trainer: optimizer, scheduler
 
-    resumed, resumed_losses = _trainer(tmp_path / "crashed", seed=123, resume=True)
+    with pytest.raises(ResumeConfigError, match=r"\['SOLVER.BASE_LR'\]"):  # the shared resume policy
+        _trainer(tmp_path / "crashed", 123, True, "SOLVER.BASE_LR", "0.5")
+    resumed, resumed_losses = _trainer(tmp_path / "crashed", 123, True, "SOLVER.CHECKPOINT_PERIOD", "3")
     assert resumed.start_iter == 2
     resumed.train()
 

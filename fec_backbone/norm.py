@@ -17,10 +17,11 @@ Which is used (:func:`choose_formulation`), from one NVIDIA H200 (forward + back
   ``var_mean``. Measured: [2, 200, 336, 32] (detection, batch 2) bf16 4.95 ms vs 0.56 ms, fp32 6.84 vs
   0.55 ms; [128, 56, 56, 32] (classification, batch 128) bf16 0.70 ms vs 0.95 ms. Layer norm fills the
   132 multiprocessors of an H200 only with tens of samples; the threshold is set between the two.
-* Under ``torch.compile``: ``var_mean`` (Inductor generates the kernels; measured 0.65 vs 0.66 ms at
-  batch 2 and 0.64 vs 0.76 ms at batch 128).
-* CPU (and any other device): ``layer_norm``, the faster of the two on the CPU (its kernel parallelises
-  inside a row; see ``benchmarks/bench_norm.py``).
+* CUDA under ``torch.compile``: ``var_mean`` (Inductor generates the kernels; measured 0.65 vs 0.66 ms
+  at batch 2 and 0.64 vs 0.76 ms at batch 128).
+* CPU (and any other device), eager or compiled: ``layer_norm``, the faster of the two on the CPU
+  (``benchmarks/bench_norm.py``, one thread: 53 vs 57 ms at [2, 100, 168, 32], 117 vs 152 ms at
+  [128, 28, 28, 32]); ONNX exports, traced on the CPU, keep it too.
 
 Low-precision inputs (bf16/fp16) are normalised in float32 by both formulations, as autocast does for
 ``layer_norm`` and ``group_norm``; the result has the dtype of ``x`` promoted with the weight's (float32
@@ -45,7 +46,7 @@ CUDA_LAYER_NORM_MIN_BATCH = 64
 def choose_formulation(device_type: str, batch: int, compiling: bool = False) -> str:
     """The faster formulation for a ``[batch, H, W, C]`` map on ``device_type`` (eager, or under
     ``torch.compile`` when ``compiling``), by the measured rule in the module doc."""
-    if compiling or (device_type == "cuda" and batch < CUDA_LAYER_NORM_MIN_BATCH):
+    if device_type == "cuda" and (compiling or batch < CUDA_LAYER_NORM_MIN_BATCH):
         return "var_mean"
     return "layer_norm"
 

@@ -1,6 +1,7 @@
-"""End to end on the generated data: ``train_net.py`` trains Mask R-CNN FEC-S on CPU and evaluates it
-with COCOEvaluator (box and mask AP), ``--eval-only`` reproduces the numbers, and a run interrupted
-after a checkpoint resumes into exactly the continuation of an uninterrupted run."""
+"""End to end on the generated data: ``train_net.py`` trains Mask R-CNN FEC-S on CPU until box AP is
+clearly above the untrained model's (COCOEvaluator, box and mask AP), ``--eval-only`` reproduces the
+numbers, a run interrupted after a checkpoint resumes into exactly the continuation of an uninterrupted
+run, and swapping the training loader works on the installed Detectron2's own trainer."""
 from __future__ import annotations
 
 import json

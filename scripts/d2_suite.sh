@@ -15,7 +15,8 @@ TESTS=(tests/test_d2_compat.py tests/test_d2_backbone.py tests/test_d2_data.py t
 export FEC_REQUIRE_DETECTRON2=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 run_suite() {  # run_suite EXPECTED [PYTHONPATH]
-    local expected=$1 path=${2:-} start=$SECONDS
+    local expected=$1 path=$2 start=$SECONDS
+    shift 2
     local version
     version=$(PYTHONPATH=$path "$PY" -c 'import d2_plugin.compat as c; print(c.detectron2_version(), c.detectron2_line())')
     printf '\n==> Detectron2 tests on Detectron2 %s (expected: %s)\n' "$version" "$expected"

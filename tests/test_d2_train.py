@@ -1,6 +1,7 @@
-"""End to end on the generated data: ``train_net.py`` trains Mask R-CNN FEC-S on CPU and evaluates it
-with COCOEvaluator (box and mask AP), ``--eval-only`` reproduces the numbers, and a run interrupted
-after a checkpoint resumes into exactly the continuation of an uninterrupted run."""
+"""End to end on the generated data: ``train_net.py`` trains Mask R-CNN FEC-S on CPU until box AP is
+clearly above the untrained model's (COCOEvaluator, box and mask AP), ``--eval-only`` reproduces the
+numbers, a run interrupted after a checkpoint resumes into exactly the continuation of an uninterrupted
+run, and swapping the training loader works on the installed Detectron2's own trainer."""
 from __future__ import annotations
 
 import json
@@ -31,10 +32,12 @@ MINI = ["DATASETS.TRAIN", "('fec_toy_mini_train',)", "DATASETS.TEST", "('fec_toy
 
 
 # The learning run: trained from scratch on the 240 generated training images, evaluated on 8 held-out
-# ones (fec_toy_mini_val); the same seed gives the same untrained model for the baseline.
-LEARN = ["DATASETS.TRAIN", "('fec_toy_train',)", "DATASETS.TEST", "('fec_toy_mini_val',)", "SOLVER.MAX_ITER", "150",
-         "SOLVER.WARMUP_ITERS", "20", "SOLVER.CHECKPOINT_PERIOD", "1000"]
-LEARN_MARGIN = 10.0  # box AP points above the untrained model
+# ones (fec_toy_mini_val); the same seed gives the same untrained model for the baseline. Measured on
+# Detectron2 main: box AP 0.5 untrained, 15.1 after these 200 iterations (6.9 after 150 at lr 1e-3,
+# 2.6 after 200 at lr 4e-3); about 70 s of training with 2 idle cores.
+LEARN = ["DATASETS.TRAIN", "('fec_toy_train',)", "DATASETS.TEST", "('fec_toy_mini_val',)", "SOLVER.MAX_ITER", "200",
+         "SOLVER.BASE_LR", "0.002", "SOLVER.WARMUP_ITERS", "20", "SOLVER.CHECKPOINT_PERIOD", "1000"]
+LEARN_MARGIN = 8.0  # box AP points above the untrained model
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +66,10 @@ def test_train_net_learns(datasets_dir, tmp_path):
     """``train_net.py`` trains Mask R-CNN FEC-S from scratch for a short while: box AP on held-out images
     ends clearly above the untrained model's (same seed, ``--eval-only``), COCOEvaluator reports box and
     mask AP, and ``--eval-only`` on the final weights reproduces the numbers."""
-    common = ["--config-file", CONFIG, *LEARN]
-    untrained = _ap_lines(_run([*common, "--eval-only", "OUTPUT_DIR", str(tmp_path / "untrained")], datasets_dir))
+    untrained = _ap_lines(_run(["--config-file", CONFIG, "--eval-only", *LEARN, "OUTPUT_DIR", str(tmp_path / "untrained")],
+                               datasets_dir))
     out = tmp_path / "run"
-    log = _run([*common, "OUTPUT_DIR", str(out)], datasets_dir)
+    log = _run(["--config-file", CONFIG, *LEARN, "OUTPUT_DIR", str(out)], datasets_dir)
     assert f"Detectron2 {detectron2_version()}" in log
     trained = _ap_lines(log)
     assert set(trained) == set(untrained) == {"bbox", "segm"}

@@ -4,6 +4,8 @@ from __future__ import annotations
 import timm
 import torch
 
+import fec_backbone  # noqa: F401  (registers the FEC models with timm)
+
 
 def _pair():
     model = timm.create_model("fec_small", num_classes=10, preset="detection")

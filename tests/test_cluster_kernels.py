@@ -118,8 +118,9 @@ def test_model_with_fused_kernels_equals_plain_model():
             cluster_ops.set_backend(previous)
     (plain, plain_grads), (fused, fused_grads) = results["torch"], results["triton"]
     assert rel_err(fused, plain) < 1e-5
+    scale = max(g.abs().max().item() for g in plain_grads.values())  # stage-3 f grads cancel to rounding noise
     for name, grad in plain_grads.items():
-        assert rel_err(fused_grads[name], grad) < 1e-4, name
+        assert rel_err(fused_grads[name], grad, scale) < 1e-4, name
 
 
 def test_fused_ops_compile_fullgraph():

@@ -15,21 +15,20 @@ arguments: every image is drawn from its own seeded generator.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import shutil
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from fec_backbone.training import ensure_generated
 
 __all__ = ["CLASSES", "make_toy_imagefolder", "draw_toy_image", "draw_toy_scene"]
 
 CLASSES = ("top_left", "top_right", "bottom_left", "bottom_right")
 #: shapes drawn; all four of an image have the same kind
 SHAPES = ("circle", "square", "triangle", "cross")
-_MANIFEST = "toy_manifest.json"
 
 
 def _hsv_to_rgb(h: float, s: float, v: float) -> tuple:
@@ -141,43 +140,29 @@ def make_toy_imagefolder(
 ) -> Dict[str, int]:
     """Write ``root/{train,val}/<class>/<class>_<i>.png`` and return the image count per split.
 
-    An existing dataset made with the same arguments is kept as is; a different one, or other files in
-    ``root``, raise ``FileExistsError`` rather than being mixed with or overwritten.
+    The shared generated-data policy (:func:`fec_backbone.training.ensure_generated`): a dataset made with
+    the same arguments is kept as is, one made here with other arguments is regenerated, and a non-empty
+    folder that was not made here raises :class:`~fec_backbone.training.GeneratedDataError`.
     """
-    settings = dict(train_per_class=train_per_class, val_per_class=val_per_class, size=size, seed=seed,
-                    classes=list(classes), version=2)
-    manifest = os.path.join(root, _MANIFEST)
+    settings = dict(generator="classification_toy", version=2, train_per_class=train_per_class,
+                    val_per_class=val_per_class, size=size, seed=seed, classes=list(classes))
     counts = {"train": train_per_class * len(classes), "val": val_per_class * len(classes)}
-    if os.path.isfile(manifest):
-        with open(manifest, encoding="utf-8") as f:
-            existing = json.load(f)
-        if existing == settings:
-            if verbose:
-                print(f"toy dataset already present in {root} ({counts['train']} train, {counts['val']} val images)")
-            return counts
-        raise FileExistsError(
-            f"{root} holds a toy dataset made with other settings ({existing}); remove it or choose another folder"
-        )
-    if os.path.isdir(root) and os.listdir(root):
-        raise FileExistsError(f"{root} is not empty and is not a toy dataset; choose an empty or new folder")
-    tmp = root.rstrip("/\\") + ".tmp"
-    if os.path.isdir(tmp):
-        shutil.rmtree(tmp)
-    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
-        for label, kind in enumerate(classes):
-            folder = os.path.join(tmp, split, kind)
-            os.makedirs(folder)
-            for i in range(per_class):
-                rng = np.random.default_rng(_image_seed(seed, split, label, i))
-                draw_toy_image(kind, rng, size).save(os.path.join(folder, f"{kind}_{i:04d}.png"), optimize=False)
-    with open(os.path.join(tmp, _MANIFEST), "w", encoding="utf-8") as f:
-        json.dump(settings, f, indent=1)
-    if os.path.isdir(root):
-        os.rmdir(root)
-    os.replace(tmp, root)
+
+    def write(folder) -> None:
+        for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+            for label, kind in enumerate(classes):
+                target = os.path.join(folder, split, kind)
+                os.makedirs(target)
+                for i in range(per_class):
+                    rng = np.random.default_rng(_image_seed(seed, split, label, i))
+                    draw_toy_image(kind, rng, size).save(os.path.join(target, f"{kind}_{i:04d}.png"), optimize=False)
+
+    wrote = ensure_generated(root, settings, write)
     if verbose:
-        print(f"wrote toy dataset to {root}: {counts['train']} train and {counts['val']} val images, "
-              f"{len(classes)} classes ({', '.join(classes)}), {size}x{size} px")
+        print(f"wrote toy dataset to {root}: " if wrote else f"toy dataset already present in {root}: ",
+              end="")
+        print(f"{counts['train']} train and {counts['val']} val images, {len(classes)} classes "
+              f"({', '.join(classes)}), {size}x{size} px")
     return counts
 
 

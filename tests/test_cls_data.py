@@ -10,6 +10,7 @@ import torch
 
 from classification.data import DatasetError, ImageReadError, ShardSampler, build_dataset, scan_split
 from classification.toy_data import CLASSES, make_toy_imagefolder
+from fec_backbone.training import GeneratedDataError
 
 
 def _digest(root: str) -> str:
@@ -33,9 +34,17 @@ def test_toy_data_is_deterministic_and_refuses_to_mix(tmp_path, toy):
     again = str(tmp_path / "again")
     assert make_toy_imagefolder(again, 3, 2, 32, verbose=False) == {"train": 12, "val": 8}
     assert _digest(toy) == _digest(again)
+    marker = os.path.join(again, "train", "top_left", "top_left_0000.png")
+    stamp = os.stat(marker).st_mtime_ns
     make_toy_imagefolder(again, 3, 2, 32, verbose=False)  # same settings: kept as is
-    with pytest.raises(FileExistsError, match="other settings"):
-        make_toy_imagefolder(again, 4, 2, 32, verbose=False)
+    assert os.stat(marker).st_mtime_ns == stamp
+    assert make_toy_imagefolder(again, 4, 2, 32, verbose=False) == {"train": 16, "val": 8}  # ours: regenerated
+    assert len(build_dataset(again, "train")) == 16
+    stranger = tmp_path / "photos"
+    stranger.mkdir()
+    (stranger / "holiday.jpg").write_bytes(b"not ours")
+    with pytest.raises(GeneratedDataError, match="not generated here"):
+        make_toy_imagefolder(str(stranger), 3, 2, 32, verbose=False)
     ds = build_dataset(toy, "train")
     assert ds.class_names == sorted(CLASSES) and len(ds) == 12
     img, target = ds[0]

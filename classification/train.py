@@ -201,13 +201,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     _logger.setLevel(logging.INFO if primary else logging.WARNING)
     log = _logger.info
     _check_args(args)
-    if resume_state is not None:  # the resume policy shared by the three pipelines
-        for change in check_resume_config(resume_state.get("args") or {}, _serialisable(args), RUN_ONLY):
-            log(f"resumed run: run-only setting changed, {change}")
     if resume_state is not None and resume_state.get("arch") != args.model:
         raise CheckpointError(
             f"--resume {args.resume!r} is a checkpoint of {resume_state.get('arch')!r}, but --model is {args.model!r}"
         )
+    if resume_state is not None:  # the resume policy shared by the three pipelines
+        for change in check_resume_config(resume_state.get("args") or {}, _serialisable(args), RUN_ONLY):
+            log(f"resumed run: run-only setting changed, {change}")
     args.output = args.output or (os.path.dirname(os.path.abspath(args.resume)) if args.resume
                                   else os.path.join("output", args.model))
     if not args.resume and os.path.exists(os.path.join(args.output, "last.pth.tar")):

@@ -1,7 +1,8 @@
-"""Segmentation demo: every smp architecture with ``fec_s``, then Semantic FPN + FEC-S trained on the
-generated toy ADE20K-layout data (CPU, a few minutes), with mIoU before and after.
+"""Segmentation demo: every smp architecture with ``fec_s``, then the toy recipe (Linknet + FEC-S,
+configs/segmentation/toy_fpn_fec_s.yaml) trained on the generated toy ADE20K-layout data (CPU, under a
+minute), with mIoU before and after.
 
-    python -m seg_plugin.demo [--out-dir output/seg_demo] [--iterations 300]
+    python -m seg_plugin.demo [--out-dir output/seg_demo] [--iterations 600]
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m seg_plugin.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", help="run folder (default: a new temporary folder)")
     parser.add_argument("--data-root", default="data/toy_ade20k", help="toy dataset folder (generated if absent)")
-    parser.add_argument("--iterations", type=int, help="training iterations (default: the toy config's 300)")
+    parser.add_argument("--iterations", type=int, help="training iterations (default: the toy config's 600)")
     args = parser.parse_args(argv)
 
     print("==> smp architectures with the FEC encoder (fec_s; DPT takes only tu- encoders: tu-fec_small)")
@@ -67,8 +68,9 @@ def main(argv: Optional[list] = None) -> int:
     if args.iterations:
         overrides["train.iterations"] = args.iterations
     cfg = load_config(CONFIG, overrides)
-    print(f"\n==> Semantic FPN + FEC-S on the toy ADE20K-layout data ({root}), {cfg.train.iterations} "
-          f"iterations of batch {cfg.train.batch_size} at {cfg.data.crop_size} px on CPU -> {out}")
+    print(f"\n==> smp.{cfg.model.arch} + FEC-S (encoder_depth {cfg.model.encoder_depth}) on the toy ADE20K-layout "
+          f"data ({root}), {cfg.train.iterations} iterations of batch {cfg.train.batch_size} at {cfg.data.crop_size} px "
+          f"on CPU -> {out}")
     start = time.perf_counter()
     result = train(cfg, out)
     before, after = result["initial"], result["final"]

@@ -1,11 +1,15 @@
-"""A small generated dataset in the ADEChallengeData2016 layout, with a task a model learns in minutes.
+"""A small generated dataset in the ADEChallengeData2016 layout whose labels need grouping across the image.
 
-Scenes of 64 to 112 pixels a side: a textured "ground" (raw label 1) with discs (2), boxes (3) and
-striped patches (4), each class with its own colour family under random jitter and noise. A one-pixel
-band around every object is unlabelled (raw 0, ignored), as ADE20K's object boundaries often are.
-The same arguments always give the same files.
+Scenes of 32 pixels a side (by default): a noisy, shaded "ground" (raw label 1) with four blobs, one in
+each quarter, discs or boxes of random size and position. Three blobs share one colour and the fourth
+has another; the three are "common" (2), the fourth is "odd" (3). Colours are drawn afresh per scene, so
+neither colour nor shape tells the classes apart: a pixel's label depends on the colours of blobs in
+other quarters, beyond what a few local layers see, which is what FEC's clustering token mixers relate
+(``tests/test_learning.py`` measures FEC against FEC with them switched off). A one-pixel band around
+every blob is unlabelled (raw 0, ignored), as ADE20K's object boundaries often are. The same arguments
+always give the same files.
 
-    python -m seg_plugin.toy_data --out data/toy_ade20k          # 48 training, 16 validation images
+    python -m seg_plugin.toy_data --out data/toy_ade20k          # 480 training, 32 validation images
 """
 from __future__ import annotations
 
@@ -21,46 +25,55 @@ from PIL import Image
 
 __all__ = ["TOY_CLASSES", "generate"]
 
-TOY_CLASSES = ("ground", "disc", "box", "stripes")
-_PALETTE = {1: (150, 120, 80), 2: (210, 50, 50), 3: (50, 180, 70), 4: (60, 80, 210)}
+TOY_CLASSES = ("ground", "common", "odd")
 _MARKER = "toy_dataset.json"
 
 
+def _hsv(hue: float, sat: float, val: float) -> np.ndarray:
+    """RGB (0-255, float32) of a hue in degrees and a saturation and value in [0, 1]."""
+    h = (hue % 360.0) / 60.0
+    c = val * sat
+    x = c * (1 - abs(h % 2 - 1))
+    rgb = [(c, x, 0), (x, c, 0), (0, c, x), (0, x, c), (x, 0, c), (c, 0, x)][int(h) % 6]
+    return 255 * (np.asarray(rgb, np.float32) + (val - c))
+
+
 def _scene(rng: np.random.Generator, min_size: int, max_size: int) -> Tuple[np.ndarray, np.ndarray]:
-    h, w = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    labels = np.ones((h, w), np.uint8)
-    base = np.asarray(_PALETTE[1], np.float32) + rng.uniform(-20, 20, 3)
-    image = base + (yy / h)[..., None] * rng.uniform(-30, 30, 3)
-    for _ in range(int(rng.integers(1, 4))):
-        kind = int(rng.integers(2, 5))
-        cy, cx = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
-        size = rng.uniform(0.12, 0.3) * min(h, w)
-        if kind == 2:
-            dist = np.hypot(yy - cy, xx - cx) / size
+    """One square scene: ``[S, S, 3]`` uint8 image and ``[S, S]`` raw labels (0 ignored, 1 ground, 2 common, 3 odd)."""
+    size = int(rng.integers(min_size, max_size + 1))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    labels = np.ones((size, size), np.uint8)
+    image = rng.uniform(70, 150) + rng.uniform(-15, 15, 3) + (yy / size)[..., None] * rng.uniform(-25, 25, 3)
+    common = rng.uniform(0, 360)
+    odd_hue = common + rng.uniform(90, 270)  # at least 90 degrees of hue from the common colour
+    odd_cell = int(rng.integers(4))
+    half = size / 2
+    for cell in range(4):
+        radius = rng.uniform(0.26, 0.34) * half
+        lo = radius + 1.5
+        cx = (cell % 2) * half + rng.uniform(lo, half - lo)
+        cy = (cell // 2) * half + rng.uniform(lo, half - lo)
+        if rng.random() < 0.5:
+            dist = np.hypot(yy - cy, xx - cx) / radius
         else:
-            dist = np.maximum(np.abs(yy - cy), np.abs(xx - cx) * rng.uniform(0.6, 1.4)) / size
-        inside, band = dist <= 1.0, (dist > 1.0) & (dist <= 1.0 + 1.5 / size)
-        colour = np.asarray(_PALETTE[kind], np.float32) + rng.uniform(-25, 25, 3)
-        fill = np.broadcast_to(colour, (h, w, 3)).copy()
-        if kind == 4:
-            period = rng.uniform(4, 8)
-            stripes = (np.sin((yy + xx) * np.pi / period) > 0)[..., None]
-            fill = np.where(stripes, fill, fill * 0.45 + 120)
-        image = np.where(inside[..., None], fill, image)
-        labels[inside] = kind
+            dist = np.maximum(np.abs(yy - cy), np.abs(xx - cx)) / (0.85 * radius)
+        inside, band = dist <= 1.0, (dist > 1.0) & (dist <= 1.0 + 1.0 / radius)
+        hue = odd_hue if cell == odd_cell else common
+        colour = _hsv(hue + rng.uniform(-6, 6), rng.uniform(0.7, 1.0), rng.uniform(0.8, 1.0))
+        image = np.where(inside[..., None], colour, image)
+        labels[inside] = 3 if cell == odd_cell else 2
         labels[band] = 0
-    image = image + rng.normal(0, 8, image.shape)
+    image = image + rng.normal(0, 6, image.shape)
     return np.clip(image, 0, 255).round().astype(np.uint8), labels
 
 
 def generate(
     out: str | Path,
-    train: int = 48,
-    val: int = 16,
+    train: int = 480,
+    val: int = 32,
     seed: int = 0,
-    min_size: int = 64,
-    max_size: int = 112,
+    min_size: int = 32,
+    max_size: int = 32,
 ) -> Path:
     """Write the dataset under ``out`` (kept if already generated with the same arguments); returns ``out``.
 
@@ -101,8 +114,8 @@ def generate(
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m seg_plugin.toy_data", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="dataset root to create")
-    parser.add_argument("--train", type=int, default=48, help="training images")
-    parser.add_argument("--val", type=int, default=16, help="validation images")
+    parser.add_argument("--train", type=int, default=480, help="training images")
+    parser.add_argument("--val", type=int, default=32, help="validation images")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     root = generate(args.out, args.train, args.val, args.seed)

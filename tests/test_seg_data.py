@@ -49,8 +49,8 @@ def test_toy_data_is_deterministic_and_in_ade20k_layout(toy, tmp_path):
     assert len(pairs) == 8 and all(i.suffix == ".jpg" and a.suffix == ".png" for i, a in pairs)
     assert len(scan_split(toy, "validation")) == 4
     raw = np.concatenate([np.asarray(Image.open(a)).ravel() for _, a in pairs])
-    assert set(np.unique(raw)) == {0, 1, 2, 3, 4}  # 0: unlabelled boundaries
-    assert class_names(toy, 4) == list(TOY_CLASSES)
+    assert set(np.unique(raw)) == {0, 1, 2, 3}  # 0: unlabelled boundaries
+    assert class_names(toy, 3) == list(TOY_CLASSES)
     assert class_names(toy, 150) == [f"class_{i}" for i in range(150)]
 
 

@@ -14,19 +14,17 @@ always give the same files.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
 from PIL import Image
 
+from fec_backbone.training import ensure_generated
+
 __all__ = ["TOY_CLASSES", "generate"]
 
 TOY_CLASSES = ("ground", "common", "odd")
-_MARKER = "toy_dataset.json"
 
 
 def _hsv(hue: float, sat: float, val: float) -> np.ndarray:
@@ -75,39 +73,26 @@ def generate(
     min_size: int = 32,
     max_size: int = 32,
 ) -> Path:
-    """Write the dataset under ``out`` (kept if already generated with the same arguments); returns ``out``.
-
-    Files are written to a temporary sibling folder and moved into place at the end, so an
-    interrupted run leaves no half dataset behind.
-    """
+    """Write the dataset under ``out``; returns ``out``. The shared generated-data policy
+    (:func:`fec_backbone.training.ensure_generated`): kept when generated with the same arguments,
+    regenerated when generated here with others, an error for a non-empty folder not generated here.
+    Files are written to a temporary sibling folder that replaces ``out`` at the end."""
     out = Path(out)
-    spec = dict(train=train, val=val, seed=seed, min_size=min_size, max_size=max_size, classes=list(TOY_CLASSES))
-    marker = out / _MARKER
-    if marker.is_file():
-        if json.loads(marker.read_text()) == spec:
-            return out
-        raise FileExistsError(
-            f"{out} holds a toy dataset generated with other settings ({marker}); remove it or use another --out"
-        )
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not a generated toy dataset; choose another --out")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for split_id, (split, count) in enumerate((("training", train), ("validation", val))):
-        (tmp / "images" / split).mkdir(parents=True)
-        (tmp / "annotations" / split).mkdir(parents=True)
-        for i in range(count):
-            rng = np.random.default_rng([seed, split_id, i])
-            image, labels = _scene(rng, min_size, max_size)
-            name = f"toy_{split}_{i:05d}"
-            Image.fromarray(image).save(tmp / "images" / split / f"{name}.jpg", quality=95)
-            Image.fromarray(labels, mode="L").save(tmp / "annotations" / split / f"{name}.png")
-    (tmp / "class_names.txt").write_text("\n".join(TOY_CLASSES) + "\n")
-    (tmp / _MARKER).write_text(json.dumps(spec, indent=2) + "\n")
-    if out.exists():
-        out.rmdir()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
+    spec = dict(generator="seg_toy_ade20k", train=train, val=val, seed=seed, min_size=min_size, max_size=max_size,
+                classes=list(TOY_CLASSES))
+
+    def write(folder: Path) -> None:
+        for split_id, (split, count) in enumerate((("training", train), ("validation", val))):
+            (folder / "images" / split).mkdir(parents=True)
+            (folder / "annotations" / split).mkdir(parents=True)
+            for i in range(count):
+                image, labels = _scene(np.random.default_rng([seed, split_id, i]), min_size, max_size)
+                name = f"toy_{split}_{i:05d}"
+                Image.fromarray(image).save(folder / "images" / split / f"{name}.jpg", quality=95)
+                Image.fromarray(labels, mode="L").save(folder / "annotations" / split / f"{name}.png")
+        (folder / "class_names.txt").write_text("\n".join(TOY_CLASSES) + "\n")
+
+    ensure_generated(out, spec, write)
     return out
 
 

@@ -43,8 +43,13 @@ def test_toy_data_is_deterministic_and_in_ade20k_layout(toy, tmp_path):
     again = generate(tmp_path / "again", train=8, val=4)
     assert digest(again) == digest(toy)
     assert generate(toy, train=8, val=4) == toy  # already there: kept
-    with pytest.raises(FileExistsError, match="other settings"):
-        generate(toy, train=9, val=4)
+    other = generate(tmp_path / "other", train=8, val=4)
+    generate(other, train=9, val=4)  # generated here with other settings: regenerated
+    assert len(scan_split(other, "training")) == 9
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not generated here")
+    with pytest.raises(FileExistsError, match="not generated here"):
+        generate(tmp_path / "mine", train=8, val=4)
     pairs = scan_split(toy, "training")
     assert len(pairs) == 8 and all(i.suffix == ".jpg" and a.suffix == ".png" for i, a in pairs)
     assert len(scan_split(toy, "validation")) == 4

@@ -10,5 +10,5 @@ printf '\n==> classification: toy ImageNet-style training, validation, DDP, clus
 $PY -m classification.demo
 printf '\n==> Detectron2: Mask R-CNN FEC-S on generated COCO-format shapes, AP before and after training\n'
 $PY -m d2_plugin.demo
-printf '\n==> segmentation: smp architectures with fec_s; Semantic FPN + FEC-S on generated ADE20K-layout data\n'
+printf '\n==> segmentation: smp architectures with fec_s; the toy recipe (Linknet + FEC-S) on generated ADE20K-layout data\n'
 $PY -m seg_plugin.demo

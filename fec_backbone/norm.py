@@ -34,6 +34,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.models._features_fx import register_notrace_function
 
 __all__ = ["FORMULATIONS", "CUDA_LAYER_NORM_MIN_BATCH", "choose_formulation", "group_norm1_nhwc", "TokenGroupNorm1"]
 
@@ -51,6 +52,7 @@ def choose_formulation(device_type: str, batch: int, compiling: bool = False) ->
     return "layer_norm"
 
 
+@register_notrace_function  # FX keeps it one call: the formulation is chosen from the input's shape and device
 def group_norm1_nhwc(
     x: torch.Tensor,
     weight: torch.Tensor,

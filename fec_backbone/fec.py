@@ -464,6 +464,14 @@ class FEC(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` calls this on every submodule first: say plainly that FEC (inside any model:
+        timm, smp's ``tu-`` encoders, Detectron2) is not TorchScript code, rather than fail deep in a layer."""
+        raise RuntimeError(
+            f"{type(self).__name__} cannot be compiled with torch.jit.script: FEC's clustering ops are not "
+            "TorchScript code. Use torch.compile or torch.export (both supported) instead"
+        )
+
     def describe(self) -> str:
         """Short architecture summary used in error messages."""
         depths = [len(s.blocks) for s in self.stages]

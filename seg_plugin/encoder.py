@@ -84,12 +84,6 @@ class FecEncoder(FEC, EncoderMixin):
         self._out_channels = list(out_channels)
         self._output_stride = 32
 
-    def __prepare_scriptable__(self) -> nn.Module:
-        raise RuntimeError(
-            "FecEncoder cannot be compiled with torch.jit.script: FEC is not TorchScript code. "
-            "Use torch.compile or torch.export (both supported) instead"
-        )
-
     def set_in_channels(self, in_channels: int, pretrained: bool = True) -> None:
         """Rebuild the stem for ``in_channels`` image channels (plus the two coordinate channels).
 

@@ -325,10 +325,15 @@ def fit_state_dict(
     ignore = tuple(allow_missing)
     result.kept_initial += [k for k in expected if k.startswith(ignore) and k not in out]
     what = f"{type(model).__name__} ({model.describe()})" if hasattr(model, "describe") else type(model).__name__
-    variant = detect_variant(state_dict)
-    hint = (f"The checkpoint is an {variant} checkpoint; create the model as {variant}." if variant else
-            "Check that the checkpoint is an FEC checkpoint of the same variant (fec_small/base/large).")
-    check_keys(out, expected, what, ignore_prefixes=("head.",) + ignore, hint=hint)
+    try:
+        check_keys(out, expected, what, ignore_prefixes=("head.",) + ignore)
+    except CheckpointError as err:  # only a checkpoint that does not fit pays for naming its variant
+        variant = detect_variant(state_dict)
+        if variant is None:
+            raise
+        lines = str(err).splitlines()[:-1]  # the generic hint gives way to the variant's name
+        raise CheckpointError("\n".join(lines + [f"  The checkpoint is an {variant} checkpoint; create the model as "
+                                                  f"{variant}."])) from None
     missing_head = [k for k in expected if k.startswith("head.") and k not in out and k not in result.kept_initial]
     result.kept_initial += missing_head
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Tuple
 
 import pytest
 import torch
@@ -56,12 +56,18 @@ def train_segmentation(root: Path, out: Path) -> float:
     return 100 * train(cfg, out)["final"]["mIoU"]
 
 
+def with_and_without_mixers(train: Callable[[Path, Path], float], root: Path, out: Path) -> Tuple[float, float]:
+    """The same training of FEC and of the control (clustering token mixers off): both final scores."""
+    fec = train(root, out / "fec")
+    with mixers_off():
+        off = train(root, out / "off")
+    return fec, off
+
+
 def test_classification_needs_the_clustering_mixers(tmp_path, capsys):
     root = tmp_path / "toy"
     make_toy_imagefolder(str(root), verbose=False)
-    fec = train_classification(root, tmp_path / "fec")
-    with mixers_off():
-        off = train_classification(root, tmp_path / "off")
+    fec, off = with_and_without_mixers(train_classification, root, tmp_path)
     with capsys.disabled():
         print(f"\ntoy classification top-1: FEC {fec:.2f}%, clustering mixers off {off:.2f}% (chance 25%)")
     assert fec >= 65.0
@@ -70,9 +76,7 @@ def test_classification_needs_the_clustering_mixers(tmp_path, capsys):
 
 def test_segmentation_needs_the_clustering_mixers(tmp_path, capsys):
     root = generate(tmp_path / "toy_ade20k")
-    fec = train_segmentation(root, tmp_path / "fec")
-    with mixers_off():
-        off = train_segmentation(root, tmp_path / "off")
+    fec, off = with_and_without_mixers(train_segmentation, root, tmp_path)
     with capsys.disabled():
         print(f"\ntoy segmentation mIoU: FEC {fec:.2f}, clustering mixers off {off:.2f}")
     assert fec >= 60.0

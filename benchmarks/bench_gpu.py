@@ -4,7 +4,7 @@ whatever the card.
 
 Settings (as in the performance issue): bf16 autocast, channels_last, 224 px; a training step with
 AdamW at batch 128, inference at batch 256; plus FEC-S at detection resolution (800x1344, batch 2,
-detection preset): training-step time and peak memory, reference vs ours.
+detection preset): training-step time and peak memory, reference vs ours, in bf16 and in float32.
 
     python benchmarks/bench_gpu.py                 # on the GPU machine, about 5 minutes
     python benchmarks/bench_gpu.py --smoke         # tiny sizes on any device, checks the script runs
@@ -211,10 +211,11 @@ def main(argv: List[str] | None = None) -> None:
         }
         torch._dynamo.reset()
         print(f"  measured {kind} ({time.perf_counter() - began:.0f} s so far)", flush=True)
-    det_rows = {
-        kind: train_case(kind, device, 2, det, "detection", max(1, warmup // 3), max(1, iters // 3), bf16)
-        for kind in ("official", "reference", "ours", "ours+triton")
-        if kind in args.models and not args.no_detection
+    det_kinds = [k for k in ("official", "reference", "ours", "ours+triton") if k in args.models and not args.no_detection]
+    det_tables = {
+        precision: {kind: train_case(kind, device, 2, det, "detection", max(1, warmup // 3), max(1, iters // 3),
+                                     precision == "bf16") for kind in det_kinds}
+        for precision in (("bf16", "fp32") if bf16 else ("fp32",))
     }
     print(f"\n{'model':<18}{'train img/s':>12}{'train MiB':>11}{'infer img/s':>13}{'infer MiB':>11}")
     for kind, r in rows.items():
@@ -225,18 +226,20 @@ def main(argv: List[str] | None = None) -> None:
         for kind in (k for k in rows if k.startswith("ours")):
             print(f"{kind} / poolformer_s12: train {rows[kind]['train']['img_s'] / pf['train']['img_s']:.2f}x, "
                   f"infer {rows[kind]['infer']['img_s'] / pf['infer']['img_s']:.2f}x")
-    base = "official" if "official" in det_rows else "reference"
-    if base in det_rows:
+    for precision, det_rows in det_tables.items():
+        base = "official" if "official" in det_rows else "reference"
+        if base not in det_rows:
+            continue
         ref = det_rows[base]
-        print(f"\ndetection {det[0]}x{det[1]} batch 2 train step: {base} {ref['seconds'] * 1e3:.0f} ms / "
+        print(f"\ndetection {det[0]}x{det[1]} batch 2 train step, {precision}: {base} {ref['seconds'] * 1e3:.1f} ms / "
               f"{ref['peak_mib']:.0f} MiB")
         for kind in (k for k in det_rows if k != base):
             r = det_rows[kind]
-            print(f"  {kind}: {r['seconds'] * 1e3:.0f} ms / {r['peak_mib']:.0f} MiB -> "
+            print(f"  {kind}: {r['seconds'] * 1e3:.1f} ms / {r['peak_mib']:.0f} MiB -> "
                   f"{ref['seconds'] / r['seconds']:.2f}x faster, memory ratio {r['peak_mib'] / ref['peak_mib']:.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"classification": rows, "detection": det_rows}, f, indent=2)
+            json.dump({"classification": rows, "detection": det_tables}, f, indent=2)
 
 
 if __name__ == "__main__":

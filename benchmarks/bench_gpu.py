@@ -1,6 +1,6 @@
-"""GPU benchmark: FEC-S (reference formulation, ours eager and compiled, each with the plain and the fused
-Triton clustering backend) beside timm's resnet18 and poolformer_s12, in one run, so ratios hold
-whatever the card.
+"""GPU benchmark: FEC-S (reference formulation, ours eager and compiled, with the scatter (torch), one-hot
+product (matmul) or fused Triton clustering backend) beside timm's resnet18 and poolformer_s12, in one
+run, so ratios hold whatever the card.
 
 Settings (as in the performance issue): bf16 autocast, channels_last, 224 px; a training step with
 AdamW at batch 128, inference at batch 256; plus FEC-S at detection resolution (800x1344, batch 2,
@@ -8,7 +8,7 @@ detection preset): training-step time and peak memory, reference vs ours, in bf1
 
     python benchmarks/bench_gpu.py                 # on the GPU machine, about 5 minutes
     python benchmarks/bench_gpu.py --smoke         # tiny sizes on any device, checks the script runs
-    python benchmarks/bench_gpu.py --models ours ours+triton   # a subset of the rows
+    python benchmarks/bench_gpu.py --models ours ours+matmul   # a subset of the rows
     python benchmarks/bench_gpu.py --official PATH   # adds an "official" row: the authors' models/fec.py
 
 ``--official`` takes a saved copy of the official ``models/fec.py`` (guikunchen/FEC; never part of this
@@ -38,10 +38,11 @@ import fec_backbone  # noqa: E402,F401
 from fec_backbone import cluster_ops  # noqa: E402
 from reference_fec import reference_model  # noqa: E402
 
-MODELS = ("official", "reference", "ours", "ours+compile", "ours+triton", "ours+triton+compile", "resnet18", "poolformer_s12")
+MODELS = ("official", "reference", "ours", "ours+compile", "ours+matmul", "ours+matmul+compile", "ours+triton",
+          "ours+triton+compile", "resnet18", "poolformer_s12")
 #: The default rows: each compiled row costs a compile for training and one for inference, so the
 #: second compiled variant is left to ``--models`` to keep one run under 8 minutes.
-DEFAULT_MODELS = tuple(m for m in MODELS if m not in ("official", "ours+triton+compile"))
+DEFAULT_MODELS = tuple(m for m in MODELS if m not in ("official", "ours+matmul+compile", "ours+triton+compile"))
 #: The FEC-S arguments of the official ``fec_small`` (and its detection layout from the official configs).
 OFFICIAL_FEC_S = dict(layers=[3, 4, 5, 2], embed_dims=[32, 64, 196, 320], mlp_ratios=[8, 8, 4, 4],
                       downsamples=[True] * 4, down_patch_size=3, down_pad=1, heads=[4, 4, 8, 8], head_dim=[24] * 4)
@@ -131,7 +132,8 @@ def _prepare(kind: str, model: torch.nn.Module, device: torch.device) -> torch.n
 
 
 def _backend(kind: str) -> str:
-    return "triton" if "+triton" in kind else "torch"
+    """The clustering backend of a row: ``ours+matmul...`` and ``ours+triton...`` name theirs; else torch."""
+    return next((b for b in ("matmul", "triton") if f"+{b}" in kind), "torch")
 
 
 def train_case(
@@ -175,7 +177,7 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(DEFAULT_MODELS),
-                        help="rows to measure (default: all but ours+triton+compile)")
+                        help="rows to measure (default: all but official and the matmul/triton compiled rows)")
     parser.add_argument("--batch", type=int, nargs=2, metavar=("TRAIN", "INFER"), help="batch sizes (128 256)")
     parser.add_argument("--iters", type=int, nargs=2, metavar=("WARMUP", "TIMED"), help="iterations (10 30)")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (CPUs without fast bf16)")
@@ -211,7 +213,8 @@ def main(argv: List[str] | None = None) -> None:
         }
         torch._dynamo.reset()
         print(f"  measured {kind} ({time.perf_counter() - began:.0f} s so far)", flush=True)
-    det_kinds = [k for k in ("official", "reference", "ours", "ours+triton") if k in args.models and not args.no_detection]
+    det_kinds = [k for k in ("official", "reference", "ours", "ours+matmul", "ours+triton")
+                 if k in args.models and not args.no_detection]
     det_tables = {
         precision: {kind: train_case(kind, device, 2, det, "detection", max(1, warmup // 3), max(1, iters // 3),
                                      precision == "bf16") for kind in det_kinds}

@@ -12,9 +12,11 @@ reference formulation as the oracle.
 All tensors are token-major (``[G, N, C]``, channels last), the layout of the model's blocks, so the
 projections around the step are plain matrix products with no transpose copies.
 
-Backends: ``"torch"`` (native ``scatter_add_``, always available), ``"torch_scatter"`` (the optional
-``torch-scatter`` extension for the scatter-add) and ``"triton"`` (the whole step as fused Triton
-kernels, :mod:`fec_backbone.cluster_kernels`; CUDA, or Triton's interpreter). Choose one with
+Backends: ``"torch"`` (native ``scatter_add_``, always available), ``"matmul"`` (always available: the
+scatter-add and gathers as batched matrix products with the one-hot assignment ``[G, N, M]`` where the
+centres are few, :data:`MATMUL_MAX_CENTRES`; no atomic adds, float32 accumulation in low precision),
+``"torch_scatter"`` (the optional ``torch-scatter`` extension for the scatter-add) and ``"triton"`` (the
+whole step as fused Triton kernels, :mod:`fec_backbone.cluster_kernels`; CUDA, or Triton's interpreter). Choose one with
 :func:`set_backend` or the ``FEC_CLUSTER_BACKEND`` environment variable. The default, ``"auto"``,
 resolves per call from the tensors' device (:func:`resolve_backend`): ``"torch"`` on the CPU (the
 fastest there, ``benchmarks/bench_cpu.py``) and :data:`CUDA_DEFAULT_BACKEND` on CUDA.
@@ -33,6 +35,7 @@ __all__ = [
     "chosen_similarity",
     "aggregate",
     "dispatch",
+    "one_hot_assignment",
     "cluster_mix",
     "cluster_pool",
     "available_backends",
@@ -40,14 +43,19 @@ __all__ = [
     "set_backend",
     "resolve_backend",
     "CUDA_DEFAULT_BACKEND",
+    "MATMUL_MAX_CENTRES",
 ]
 
-_BACKENDS = ("torch", "torch_scatter", "triton")
+_BACKENDS = ("torch", "matmul", "torch_scatter", "triton")
 
 #: The backend ``"auto"`` uses for CUDA tensors. It stays ``"torch"`` until a GPU run of
 #: ``benchmarks/bench_gpu.py`` shows another backend faster: the only GPU measurement so far (one
 #: H200, 2026-11-27) had the ``triton`` kernels failing to compile, so there is no evidence for them yet.
 CUDA_DEFAULT_BACKEND = "torch"
+#: Most centres per group for which the ``"matmul"`` backend forms the one-hot assignment ``[G, N, M]``
+#: (up to 128/24 times the size of the values): every block's mixer. Clustering pools, a centre per
+#: 2x2 pixels, keep the scatter-add, where few points share a centre.
+MATMUL_MAX_CENTRES = 128
 
 
 def _torch_scatter_available() -> bool:
@@ -73,7 +81,7 @@ def _triton_available() -> bool:
 
 def available_backends() -> Tuple[str, ...]:
     """The clustering backends that work in this environment."""
-    usable = {"torch": True, "torch_scatter": _torch_scatter_available(), "triton": _triton_available()}
+    usable = {"torch": True, "matmul": True, "torch_scatter": _torch_scatter_available(), "triton": _triton_available()}
     return tuple(b for b in _BACKENDS if usable[b])
 
 
@@ -104,7 +112,8 @@ def get_backend() -> str:
 
 
 def set_backend(name: str) -> None:
-    """Select the default clustering backend: ``"auto"``, ``"torch"``, ``"torch_scatter"`` or ``"triton"``."""
+    """Select the default clustering backend: ``"auto"``, ``"torch"``, ``"matmul"``, ``"torch_scatter"`` or
+    ``"triton"``."""
     global _backend
     _backend = _checked(name)
 
@@ -177,10 +186,12 @@ def chosen_similarity(
 
 
 def _cluster_sums(values: torch.Tensor, index: torch.Tensor, centres: int, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-centre sums of the member values ``[G, M, D]`` and member counts ``[G, M, 1]``."""
+    """Per-centre sums of the member values ``[G, M, D]`` and member counts ``[G, M, 1]`` (float32 at
+    least: a bfloat16 count stops at 256 under atomic adds)."""
     g, n, d = values.shape
-    counts = torch.zeros(g, centres, 1, dtype=values.dtype, device=values.device)
-    counts = counts.scatter_add(1, index.unsqueeze(-1), torch.ones_like(values[:, :, :1]))
+    count_dtype = torch.promote_types(values.dtype, torch.float32)
+    counts = torch.zeros(g, centres, 1, dtype=count_dtype, device=values.device)
+    counts = counts.scatter_add(1, index.unsqueeze(-1), torch.ones(g, n, 1, dtype=count_dtype, device=values.device))
     expanded = index.unsqueeze(-1).expand(g, n, d)
     if backend == "torch_scatter":
         from torch_scatter import scatter_sum
@@ -201,7 +212,7 @@ def _cluster_sums_op(values: torch.Tensor, index: torch.Tensor, centres: int, us
 @_cluster_sums_op.register_fake
 def _(values, index, centres, use_torch_scatter):
     g, _, d = values.shape
-    return values.new_empty(g, centres, d), values.new_empty(g, centres, 1)
+    return values.new_empty(g, centres, d), values.new_empty(g, centres, 1, dtype=torch.promote_types(values.dtype, torch.float32))
 
 
 def _cluster_sums_setup(ctx, inputs, output) -> None:
@@ -217,25 +228,44 @@ def _cluster_sums_backward(ctx, grad_sums, grad_counts):
 _cluster_sums_op.register_autograd(_cluster_sums_backward, setup_context=_cluster_sums_setup)
 
 
+def one_hot_assignment(index: torch.Tensor, centres: int, dtype: torch.dtype) -> torch.Tensor:
+    """The assignment as a one-hot matrix: index ``[G, N]`` -> ``[G, N, M]`` of 0 and 1 in ``dtype``."""
+    return (index.unsqueeze(-1) == torch.arange(centres, device=index.device)).to(dtype)
+
+
+def _mean_with_centre(sums: torch.Tensor, counts: torch.Tensor, center_values: torch.Tensor, dtype: torch.dtype):
+    return ((sums + center_values) / (counts + 1.0)).to(dtype)
+
+
 def aggregate(
     values: torch.Tensor,
     center_values: torch.Tensor,
     index: torch.Tensor,
     backend: Optional[str] = None,
+    assignment: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Mean of each cluster's members together with its centre value.
 
     values: ``[G, N, D]``, center_values: ``[G, M, D]``, index: ``[G, N]`` (int64) -> ``[G, M, D]``:
-    ``(sum of member values + centre value) / (members + 1)``. Under ``torch.compile`` the sums are one
-    opaque op (:func:`_cluster_sums_op`); eager calls and ONNX export use the scatter ops directly.
+    ``(sum of member values + centre value) / (members + 1)``, in the dtype of ``values``. With
+    ``assignment`` (:func:`one_hot_assignment`) the sums are one matrix product. Otherwise they are a
+    scatter-add; under ``torch.compile`` one opaque op (:func:`_cluster_sums_op`), while eager calls and
+    ONNX export use the scatter ops directly.
     """
     m = center_values.shape[1]
+    if assignment is not None:
+        sums = torch.bmm(assignment.transpose(1, 2), values)
+        return _mean_with_centre(sums, assignment.sum(1, dtype=torch.float32).unsqueeze(-1), center_values, values.dtype)
     backend = resolve_backend(backend, values.device)
     if torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export():
         sums, counts = _cluster_sums_op(values, index, m, backend == "torch_scatter")
     else:
         sums, counts = _cluster_sums(values, index, m, backend)
-    return (sums + center_values) / (counts + 1.0)
+    return _mean_with_centre(sums, counts, center_values, values.dtype)
+
+
+def _uses_matmul(backend: str, centres: int) -> bool:
+    return backend == "matmul" and centres <= MATMUL_MAX_CENTRES
 
 
 def dispatch(clusters: torch.Tensor, sim: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -267,6 +297,15 @@ def cluster_mix(
         from . import cluster_kernels
 
         return cluster_kernels.cluster_mix(points, centers, values, center_values, alpha, beta)
+    if _uses_matmul(backend, centers.shape[1]):
+        # Gathers and the scatter-add as products with the one-hot assignment: no atomic adds.
+        unit_points, unit_centers = F.normalize(points, dim=-1), F.normalize(centers, dim=-1)
+        index = _best_index(unit_centers.detach(), unit_points.detach(), alpha, beta)
+        assignment = one_hot_assignment(index, centers.shape[1], values.dtype)
+        own = torch.bmm(assignment, unit_centers.to(values.dtype))
+        best = torch.sigmoid(beta + alpha * (unit_points * own).sum(-1))
+        clusters = aggregate(values, center_values, index, assignment=assignment)
+        return torch.bmm(assignment, clusters) * best.unsqueeze(-1), index
     if centers.shape[1] > points.shape[-1]:
         # More centres than channels: the [G, M, N] similarity would outweigh the [G, N, C] features,
         # so autograd keeps only the chosen entries (faster and leaner from about M > C on the CPU).
@@ -297,4 +336,5 @@ def cluster_pool(
 
         return cluster_kernels.cluster_pool(points, centers, values, center_values)
     index = nearest_centre(centers, points)
-    return aggregate(values, center_values, index, backend), index
+    assignment = one_hot_assignment(index, centers.shape[1], values.dtype) if _uses_matmul(backend, centers.shape[1]) else None
+    return aggregate(values, center_values, index, backend, assignment), index

@@ -20,7 +20,7 @@ Which is used (:func:`choose_formulation`), from one NVIDIA H200 (forward + back
 * CUDA under ``torch.compile``: ``var_mean`` (Inductor generates the kernels; measured 0.65 vs 0.66 ms
   at batch 2 and 0.64 vs 0.76 ms at batch 128).
 * CPU (and any other device), eager or compiled: ``layer_norm``, the faster of the two on the CPU
-  (``benchmarks/bench_norm.py``, one thread: 53 vs 57 ms at [2, 100, 168, 32], 117 vs 152 ms at
+  (``benchmarks/bench_layers.py``, one thread: 53 vs 57 ms at [2, 100, 168, 32], 117 vs 152 ms at
   [128, 28, 28, 32]); ONNX exports, traced on the CPU, keep it too.
 
 Low-precision inputs (bf16/fp16) are normalised in float32 by both formulations, as autocast does for

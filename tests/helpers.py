@@ -48,6 +48,43 @@ def randomize_scalars(model: torch.nn.Module) -> None:
                 p.uniform_(-1.0, 1.0)
 
 
+def model_results(model: torch.nn.Module, x: torch.Tensor, backend: str) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Logits of ``model(x)`` with ``backend`` as the default clustering backend, and every parameter's
+    gradient of their sum of squares."""
+    from fec_backbone import cluster_ops
+
+    previous = cluster_ops.get_backend()
+    cluster_ops.set_backend(backend)
+    try:
+        model.zero_grad()
+        out = model(x)
+    finally:
+        cluster_ops.set_backend(previous)
+    out.square().sum().backward()  # the graph is built; the backward needs no selection
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def assert_same_results(mine: Tuple[torch.Tensor, Dict[str, torch.Tensor]],
+                        expected: Tuple[torch.Tensor, Dict[str, torch.Tensor]]) -> None:
+    """:func:`model_results` of two float64 runs agree: logits to 1e-10, every gradient to 1e-8 of the
+    largest gradient (stage-3 ``f`` gradients cancel to rounding noise)."""
+    (out, grads), (ref, ref_grads) = mine, expected
+    assert rel_err(out.cpu(), ref.cpu()) < 1e-10
+    scale = max(g.abs().max().item() for g in ref_grads.values())
+    for name, grad in ref_grads.items():
+        assert rel_err(grads[name].cpu(), grad.cpu(), scale) < 1e-8, name
+
+
+def assert_backend_matches_torch(backend: str, device: torch.device, preset: str = "classification") -> None:
+    """A whole FEC-S (two 64x64 images, float64) run with ``backend`` gives the ``torch`` backend's
+    logits and gradients (:func:`assert_same_results`)."""
+    model = timm.create_model("fec_small", num_classes=10, preset=preset).to(device, torch.float64)
+    randomize_scalars(model)
+    x = torch.randn(2, 3, 64, 64, device=device, dtype=torch.float64)
+    expected = model_results(model, x, "torch")
+    assert_same_results(model_results(model, x, backend), expected)
+
+
 def oracle_pair(name: str = "fec_small", preset: str = "classification", **kwargs) -> Tuple[RefFEC, fec_backbone.FEC]:
     """The reference formulation and our model with the same (official-layout) weights."""
     layout = fec_backbone.PRESETS[preset]

@@ -13,10 +13,8 @@ import torch
 if os.environ.get("FEC_REQUIRE_TRITON") != "1":
     pytest.importorskip("triton", reason="triton not installed (it ships with torch's CUDA wheels)")
 
-import timm  # noqa: E402
-
 from fec_backbone import cluster_kernels, cluster_ops  # noqa: E402
-from helpers import randomize_scalars, rel_err  # noqa: E402
+from helpers import assert_backend_matches_torch, rel_err  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -102,25 +100,9 @@ def test_fused_mix_on_bf16_storage_computes_in_float32():
 
 
 def test_model_with_fused_kernels_equals_plain_model():
-    model = timm.create_model("fec_small", num_classes=10).to(DEVICE)
-    randomize_scalars(model)
-    x = torch.randn(2, 3, 64, 64, device=DEVICE)
-    results = {}
-    previous = cluster_ops.get_backend()
-    for backend in ("torch", "triton"):
-        cluster_ops.set_backend(backend)
-        try:
-            model.zero_grad()
-            out = model(x)
-            out.square().sum().backward()
-            results[backend] = out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
-        finally:
-            cluster_ops.set_backend(previous)
-    (plain, plain_grads), (fused, fused_grads) = results["torch"], results["triton"]
-    assert rel_err(fused, plain) < 1e-5
-    scale = max(g.abs().max().item() for g in plain_grads.values())  # stage-3 f grads cancel to rounding noise
-    for name, grad in plain_grads.items():
-        assert rel_err(fused_grads[name], grad, scale) < 1e-4, name
+    """Float64, so that the kernels' own summation order (which on a GPU differs from torch's by about
+    2e-5 of the logits in float32 over the whole model) cannot hide a semantic difference."""
+    assert_backend_matches_torch("triton", DEVICE)
 
 
 def test_fused_ops_compile_fullgraph():

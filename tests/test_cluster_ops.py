@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from fec_backbone import cluster_ops
-from helpers import rel_err
+from helpers import assert_backend_matches_torch, rel_err
 from reference_fec import dense_cluster
 
 REQUIRE_SCATTER = os.environ.get("FEC_REQUIRE_TORCH_SCATTER") == "1"
 
 
 def _backends():
-    params = [pytest.param("torch", id="torch")]
+    params = [pytest.param("torch", id="torch"), pytest.param("matmul", id="matmul")]
     marks = []
     if "torch_scatter" not in cluster_ops.available_backends() and not REQUIRE_SCATTER:
         marks = [pytest.mark.skip(reason="torch-scatter not installed (pip install 'fec-backbone[scatter]')")]
@@ -125,7 +125,7 @@ def test_backends_agree_and_selection():
     expected = _mix_and_pool("torch")
     available = cluster_ops.available_backends()
     compared = []
-    for backend in ("torch_scatter", "triton"):
+    for backend in ("matmul", "torch_scatter", "triton"):
         if backend not in available:
             assert not REQUIRED[backend], f"{backend} is required here but not available"
             error, message = UNAVAILABLE[backend]
@@ -213,3 +213,59 @@ def test_region_centres_from_the_whole_map_equal_per_region_pooling(size, propos
     got = region_centres(fv, heads, proposals, folds)
     assert got.shape == expected.shape == (2, 2 * heads * folds[0] * folds[1], proposals[0] * proposals[1], c)
     assert rel_err(got, expected) < 1e-14
+
+
+@pytest.mark.parametrize("size,grid", [((200, 336), (14, 14)), ((13, 11), (7, 5)), ((5, 3), (7, 7))])
+def test_adaptive_mean_nhwc_is_adaptive_avg_pool(size, grid):
+    """The bin-matrix products equal ``F.adaptive_avg_pool2d``, overlapping bins and a grid finer than
+    the map included, gradients too (float64); bfloat16 within its own rounding."""
+    from fec_backbone.fec import adaptive_mean_nhwc
+
+    x = torch.randn(2, *size, 6, dtype=torch.float64, requires_grad=True)
+    ours = adaptive_mean_nhwc(x, grid, products=True)
+    ref = torch.nn.functional.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), grid).permute(0, 2, 3, 1)
+    assert torch.equal(adaptive_mean_nhwc(x, grid), ref)  # the CPU default is the pool itself
+    assert ours.shape == ref.shape and rel_err(ours, ref) < 1e-14
+    upstream = torch.randn_like(ref)
+    (mine,), (theirs,) = (torch.autograd.grad(t, x, upstream) for t in (ours, ref))
+    assert rel_err(mine, theirs) < 1e-14
+    low = adaptive_mean_nhwc(x.detach().bfloat16(), grid, products=True)
+    assert low.dtype == torch.bfloat16 and rel_err(low.double(), ref) < 2e-2
+
+
+def _aten_ops(fn) -> set:
+    """Names of the aten ops that ``fn`` runs, backward included."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    seen: set = set()
+    with Record():
+        fn()
+    return seen
+
+
+def test_matmul_backend_runs_no_scatter_for_few_centres_and_falls_back_for_many():
+    """The "matmul" backend replaces every scatter-add (forward, and the gathers' backward) by matrix
+    products while the centres are few, and keeps the scatter-add beyond MATMUL_MAX_CENTRES."""
+    x, v, alpha, beta = _maps(dtype=torch.float64)
+    few = _aten_ops(lambda: _ours_mix(x, v, alpha, beta, (7, 7), "matmul").sum().backward())
+    assert "bmm" in few and not {op for op in few if "scatter" in op or "gather" in op}, few
+    assert {op for op in _aten_ops(lambda: _ours_mix(x, v, alpha, beta, (7, 7), "torch").sum().backward())
+            if "scatter" in op}
+    x, v, _, _ = _maps(dtype=torch.float64, h=32, w=24)
+    grid = (16, 12)  # 192 centres > MATMUL_MAX_CENTRES
+    assert grid[0] * grid[1] > cluster_ops.MATMUL_MAX_CENTRES
+    feats_c, vals_c = (_tokens(torch.nn.functional.adaptive_avg_pool2d(t, grid)) for t in (x, v))
+    many = _aten_ops(lambda: cluster_ops.cluster_pool(_tokens(x), feats_c, _tokens(v), vals_c, "matmul")[0].sum().backward())
+    assert "scatter_add" in many
+    pooled = cluster_ops.cluster_pool(_tokens(x), feats_c, _tokens(v), vals_c, "matmul")[0]
+    assert rel_err(pooled, dense_cluster(x, v, grid, dispatch=False)) < 1e-12
+
+
+@pytest.mark.parametrize("preset", ["classification", "detection"])
+def test_model_with_matmul_backend_equals_torch_backend(preset):
+    assert_backend_matches_torch("matmul", torch.device("cpu"), preset)

@@ -1,9 +1,12 @@
-"""Single-group norm on channels-last maps: the two formulations of :mod:`fec_backbone.norm`, forward +
-backward, at the detection (batch 2) and classification (batch 128) shapes of FEC's first stage, on
-any device. It prints the figures behind :func:`fec_backbone.norm.choose_formulation`.
+"""The channels-last layers whose formulation depends on the device, forward + backward, at the
+detection (batch 2) and classification (batch 128) shapes of FEC's first stage, on any device:
 
-    python benchmarks/bench_norm.py                     # CUDA if present, else CPU
-    python benchmarks/bench_norm.py --device cpu --scale 0.5 --iters 5
+* the single-group norm (:mod:`fec_backbone.norm`; the figures behind ``choose_formulation``);
+* the region centres, ``F.adaptive_avg_pool2d`` vs the bin-matrix products of
+  :func:`fec_backbone.fec.adaptive_mean_nhwc` (products on CUDA, the pool on the CPU).
+
+    python benchmarks/bench_layers.py                     # CUDA if present, else CPU
+    python benchmarks/bench_layers.py --device cpu --scale 0.5 --iters 5
 """
 from __future__ import annotations
 
@@ -17,9 +20,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from fec_backbone.fec import adaptive_mean_nhwc  # noqa: E402
 from fec_backbone.norm import FORMULATIONS, choose_formulation, group_norm1_nhwc  # noqa: E402
 
 SHAPES = ((2, 200, 336, 32), (128, 56, 56, 32))
+#: Stage-1 mixer maps (f and v of 4 heads of 24 channels) and their centre grids: detection (2x2 folds
+#: of 7x7 centres) and classification (4x4 centres).
+CENTRE_CASES = (((2, 200, 336, 192), (14, 14)), ((128, 56, 56, 192), (4, 4)))
 
 
 def _time(step, device: torch.device, iters: int) -> float:
@@ -59,6 +66,18 @@ def main() -> None:
                 row.append(f"{formulation} {_time(step, device, args.iters) * 1e3:.3f} ms")
             chosen = choose_formulation(device.type, shape[0])
             print(f"{list(shape)} {str(dtype).replace('torch.', '')} on {device.type}: {' | '.join(row)} | rule: {chosen}")
+    for (b, h, w, c), grid in CENTRE_CASES:
+        shape = (b, max(1, int(h * args.scale)), max(1, int(w * args.scale)), c)
+        for dtype in dtypes:
+            x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+            grad = torch.randn(b, *grid, c, device=device, dtype=dtype)
+            row = []
+            for products in (False, True):
+                def step() -> None:
+                    adaptive_mean_nhwc(x, grid, products=products).backward(grad)
+
+                row.append(f"{'products' if products else 'adaptive pool'} {_time(step, device, args.iters) * 1e3:.3f} ms")
+            print(f"centres {list(shape)} -> {grid} {str(dtype).replace('torch.', '')} on {device.type}: {' | '.join(row)}")
 
 
 if __name__ == "__main__":

@@ -1,33 +1,34 @@
 #!/usr/bin/env bash
 # The GPU checks of the performance work, as one command for a lent GPU machine (torch, timm, triton
-# and pytest installed there; nothing to build): the layer formulations, the benchmark table (with the
-# official model's row when FEC_OFFICIAL_FEC names a saved official models/fec.py; einops needed),
-# profiles of a detection training step, then the CUDA tests (GPU equals CPU; the Triton kernels).
-# FEC_BENCH_MODELS, FEC_PROFILE_BACKENDS and FEC_TEST_FILTER (a pytest -k expression) narrow a run.
+# and pytest installed there; nothing to build): first the CUDA tests (GPU equals CPU; the Triton
+# kernels), then the layer formulations, the benchmark table (with the official model's row when
+# FEC_OFFICIAL_FEC names a saved official models/fec.py; einops needed) and profiles of a detection
+# training step. FEC_BENCH_MODELS, FEC_PROFILE_BACKENDS (empty: none) and FEC_TEST_FILTER (a pytest -k
+# expression) narrow a run.
 # Logs and figures as JSON go to $OUT (or /tmp/fec-device).
 #
-# Budget: under 6 minutes. Measured on an H200 (2026-11-28): a compiled row costs 141 s (a compile for
+# Budget: under 6 minutes. Measured on an H200 (2026-11-28): a compiled row costs 140-180 s (a compile for
 # training and one for inference), the official row 17 s, other rows 2-25 s (the Triton kernels
 # JIT-compile on first use), detection rows ~2 s each, a profile ~15 s, the CUDA tests 40-75 s; hence
-# one compiled row by default. The most important figures come first, and each step has its own time
-# limit so that one stuck step cannot eat the rest.
+# one compiled row, one profile and no triton row by default (about 5.5 minutes in all). Each step
+# has its own time limit so that one stuck step cannot eat the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 out="${OUT:-/tmp/fec-device}"
 mkdir -p "$out"
 python3 -c "import torch, timm, triton; print('torch', torch.__version__, 'timm', timm.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+filter=()
+[ -n "${FEC_TEST_FILTER:-}" ] && filter=(-k "$FEC_TEST_FILTER")
+timeout 150 python3 -m pytest tests/test_cuda.py tests/test_cluster_kernels.py -q -rf --tb=short -p no:cacheprovider \
+  "${filter[@]}" 2>&1 | tee "$out/cuda_tests.log"
 timeout 45 python3 benchmarks/bench_layers.py --iters 10 2>&1 | tee "$out/bench_layers.log"
 official=()
 [ -n "${FEC_OFFICIAL_FEC:-}" ] && official=(--official "$FEC_OFFICIAL_FEC")
-read -ra models <<<"${FEC_BENCH_MODELS:-ours ours+matmul ours+matmul+compile ours+triton poolformer_s12}"
+read -ra models <<<"${FEC_BENCH_MODELS:-ours ours+matmul ours+matmul+compile poolformer_s12}"
 timeout 330 python3 benchmarks/bench_gpu.py --iters 3 10 --models "${models[@]}" "${official[@]}" \
   --json "$out/bench_gpu.json" 2>&1 | tee "$out/bench_gpu.log"
-for backend in ${FEC_PROFILE_BACKENDS:-torch matmul}; do
+for backend in ${FEC_PROFILE_BACKENDS-torch}; do
   timeout 35 python3 benchmarks/profile_fec.py --batch 2 --size 800 1344 --preset detection --bf16 --top 15 \
     --backend $backend 2>&1 | tee "$out/profile_detection_$backend.log"
 done
-filter=()
-[ -n "${FEC_TEST_FILTER:-}" ] && filter=(-k "$FEC_TEST_FILTER")
-timeout 120 python3 -m pytest tests/test_cuda.py tests/test_cluster_kernels.py -q -p no:cacheprovider "${filter[@]}" \
-  2>&1 | tee "$out/cuda_tests.log"

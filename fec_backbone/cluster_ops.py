@@ -48,9 +48,11 @@ __all__ = [
 
 _BACKENDS = ("torch", "matmul", "torch_scatter", "triton")
 
-#: The backend ``"auto"`` uses for CUDA tensors. It stays ``"torch"`` until a GPU run of
-#: ``benchmarks/bench_gpu.py`` shows another backend faster: the only GPU measurement so far (one
-#: H200, 2026-11-27) had the ``triton`` kernels failing to compile, so there is no evidence for them yet.
+#: The backend ``"auto"`` uses for CUDA tensors: ``"torch"``, the fastest eager backend on one H200
+#: (2026-11-28, ``benchmarks/results/h200-2026-11-28``): classification training 1,593 img/s against
+#: matmul's 1,347; triton equalled torch there (1,345 vs 1,339, the other run) but took 2.5x as long at
+#: detection resolution, where matmul ties torch. Compiled inference is faster with ``"matmul"``
+#: (12,551 img/s), so choose it there.
 CUDA_DEFAULT_BACKEND = "torch"
 #: Most centres per group for which the ``"matmul"`` backend forms the one-hot assignment ``[G, N, M]``
 #: (up to 128/24 times the size of the values): every block's mixer. Clustering pools, a centre per
@@ -186,13 +188,15 @@ def chosen_similarity(
 
 
 def _cluster_sums(values: torch.Tensor, index: torch.Tensor, centres: int, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-centre sums of the member values ``[G, M, D]`` and member counts ``[G, M, 1]`` (float32 at
-    least: a bfloat16 count stops at 256 under atomic adds)."""
+    """Per-centre sums of the member values ``[G, M, D]`` and member counts ``[G, M, 1]``, accumulated in
+    float32 at least: on CUDA the scatter-add is one atomic add per member, each rounded to the
+    accumulator's dtype, so a bfloat16 count stops at 256 and a bfloat16 sum of hundreds of members
+    drifts by whole units (a detection region has about 343 members per centre)."""
     g, n, d = values.shape
-    count_dtype = torch.promote_types(values.dtype, torch.float32)
-    counts = torch.zeros(g, centres, 1, dtype=count_dtype, device=values.device)
-    counts = counts.scatter_add(1, index.unsqueeze(-1), torch.ones(g, n, 1, dtype=count_dtype, device=values.device))
-    expanded = index.unsqueeze(-1).expand(g, n, d)
+    dtype = torch.promote_types(values.dtype, torch.float32)
+    counts = torch.zeros(g, centres, 1, dtype=dtype, device=values.device)
+    counts = counts.scatter_add(1, index.unsqueeze(-1), torch.ones(g, n, 1, dtype=dtype, device=values.device))
+    expanded, values = index.unsqueeze(-1).expand(g, n, d), values.to(dtype)
     if backend == "torch_scatter":
         from torch_scatter import scatter_sum
 
@@ -212,17 +216,19 @@ def _cluster_sums_op(values: torch.Tensor, index: torch.Tensor, centres: int, us
 @_cluster_sums_op.register_fake
 def _(values, index, centres, use_torch_scatter):
     g, _, d = values.shape
-    return values.new_empty(g, centres, d), values.new_empty(g, centres, 1, dtype=torch.promote_types(values.dtype, torch.float32))
+    dtype = torch.promote_types(values.dtype, torch.float32)
+    return values.new_empty(g, centres, d, dtype=dtype), values.new_empty(g, centres, 1, dtype=dtype)
 
 
 def _cluster_sums_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(inputs[1])
+    ctx.values_dtype = inputs[0].dtype
 
 
 def _cluster_sums_backward(ctx, grad_sums, grad_counts):
     (index,) = ctx.saved_tensors
     grad_values = grad_sums.gather(1, index.unsqueeze(-1).expand(*index.shape, grad_sums.shape[-1]))
-    return grad_values, None, None, None
+    return grad_values.to(ctx.values_dtype), None, None, None
 
 
 _cluster_sums_op.register_autograd(_cluster_sums_backward, setup_context=_cluster_sums_setup)

@@ -25,7 +25,7 @@ from timm.models._features_fx import register_notrace_function
 
 from .cluster_ops import cluster_mix, cluster_pool
 from .checkpoint import CheckpointError, fit_state_dict, read_fec_weights
-from .norm import TokenGroupNorm1  # single-group norm of the channels-last blocks, pools and stage output
+from .norm import CUDA_LAYER_NORM_MIN_BATCH, TokenGroupNorm1  # single-group norm of the channels-last maps
 
 __all__ = [
     "FEC", "PRESETS", "VARIANTS", "check_input", "checkpoint_filter_fn", "count_parameters", "to_nchw", "to_nhwc"
@@ -147,12 +147,17 @@ def _bin_members(size: int, bins: int, device: torch.device) -> torch.Tensor:
 def adaptive_mean_nhwc(x: torch.Tensor, grid: Tuple[int, int], products: Optional[bool] = None) -> torch.Tensor:
     """``F.adaptive_avg_pool2d`` of a channels-last map ``[B, H, W, C]`` -> ``[B, gh, gw, C]``.
 
-    With ``products`` (the default on CUDA) it is two matrix products with 0/1 bin matrices: on a GPU
-    the channels-last adaptive pool kernel is slow for a small grid over a large map (0.46 ms per call
-    at detection resolution on an H200, 14% of a training step), and the products read the map once.
-    Sums are divided by the bin sizes afterwards, so low precision rounds no 1/size weight. On the CPU
-    the pool kernel is kept (and fvcore counts the model's FLOPs as the official code's)."""
-    if not (x.is_cuda if products is None else products):
+    With ``products`` it is two matrix products with 0/1 bin matrices, whose sums are divided by the
+    bin sizes afterwards (low precision rounds no 1/size weight). The default, from one H200
+    (``benchmarks/bench_layers.py``, forward + backward of a stage-1 map of 192 channels), is the
+    products on CUDA below the norm's batch threshold (:data:`~fec_backbone.norm.CUDA_LAYER_NORM_MIN_BATCH`)
+    and the pool elsewhere: the channels-last pool kernel is slow for a small grid over a large map
+    (detection, [2, 200, 336] -> 14x14: pool 1.97 ms, products 1.02 ms in bf16) but not at batch 128
+    ([128, 56, 56] -> 4x4: 0.71 vs 1.23 ms). On the CPU the pool also keeps fvcore's FLOP count equal to
+    the official code's."""
+    if products is None:
+        products = x.is_cuda and x.shape[0] < CUDA_LAYER_NORM_MIN_BATCH
+    if not products:
         return to_nhwc(F.adaptive_avg_pool2d(to_nchw(x), grid))
     b, h, w, c = x.shape
     rows, cols = _bin_members(h, grid[0], x.device), _bin_members(w, grid[1], x.device)

@@ -22,16 +22,18 @@ def _run(*args: str) -> str:
 
 
 def test_gpu_benchmark_smoke_reports_every_row(tmp_path):
-    """The triton rows run in Triton's interpreter here (TRITON_INTERPRET=1 from conftest.py)."""
+    """The triton rows run in Triton's interpreter here (TRITON_INTERPRET=1 from conftest.py); float32,
+    so one detection table (bf16 runs add a second)."""
     figures = tmp_path / "bench.json"
-    models = ["reference", "ours", "ours+triton", "resnet18", "poolformer_s12"]
-    out = _run("benchmarks/bench_gpu.py", "--smoke", "--models", *models, "--json", str(figures))
+    models = ["reference", "ours", "ours+matmul", "ours+triton", "resnet18", "poolformer_s12"]
+    out = _run("benchmarks/bench_gpu.py", "--smoke", "--fp32", "--models", *models, "--json", str(figures))
     data = json.loads(figures.read_text())
     assert list(data["classification"]) == models
-    assert list(data["detection"]) == ["reference", "ours", "ours+triton"]
+    assert list(data["detection"]) == ["fp32"]
+    assert list(data["detection"]["fp32"]) == ["reference", "ours", "ours+matmul", "ours+triton"]
     for row in data["classification"].values():
         assert row["train"]["img_s"] > 0 and row["infer"]["img_s"] > 0
-    assert "ours+triton / poolformer_s12" in out and "ours+triton:" in out
+    assert "ours+triton / poolformer_s12" in out and "ours+matmul:" in out
 
 
 def test_profile_script_attributes_time_to_model_parts():
@@ -49,9 +51,9 @@ def test_gpu_benchmark_official_row(tmp_path):
     out = _run("benchmarks/bench_gpu.py", "--device", "cpu", "--smoke", "--fp32", "--official", OFFICIAL,
                "--models", "ours", "--json", str(figures))
     data = json.loads(figures.read_text())
-    assert list(data["classification"]) == ["official", "ours"] and list(data["detection"]) == ["official", "ours"]
+    assert list(data["classification"]) == ["official", "ours"] and list(data["detection"]["fp32"]) == ["official", "ours"]
     assert all(r["train"]["img_s"] > 0 and r["infer"]["img_s"] > 0 for r in data["classification"].values())
-    assert "train step: official" in out
+    assert "train step, fp32: official" in out
 
 
 def test_scatter_sum_shim_sums_rows_into_their_index():

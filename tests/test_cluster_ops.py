@@ -269,3 +269,19 @@ def test_matmul_backend_runs_no_scatter_for_few_centres_and_falls_back_for_many(
 @pytest.mark.parametrize("preset", ["classification", "detection"])
 def test_model_with_matmul_backend_equals_torch_backend(preset):
     assert_backend_matches_torch("matmul", torch.device("cpu"), preset)
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_low_precision_sums_accumulate_in_float32(backend):
+    """bfloat16 values are summed into float32 (on CUDA each atomic add rounds to the accumulator's
+    dtype; tests/test_cuda.py checks the effect there), and the cluster means come back in bfloat16."""
+    values = torch.randn(2, 500, 8).bfloat16().requires_grad_()
+    index = torch.randint(0, 3, (2, 500))
+    sums, counts = cluster_ops._cluster_sums(values, index, 3, backend)
+    assert sums.dtype == counts.dtype == torch.float32
+    center_values = torch.randn(2, 3, 8).bfloat16()
+    out = cluster_ops.aggregate(values, center_values, index, backend)
+    exact = cluster_ops.aggregate(values.double(), center_values.double(), index, "torch")
+    assert out.dtype == torch.bfloat16 and rel_err(out.double(), exact) < 1e-2
+    (grad,) = torch.autograd.grad(out.float().sum(), values)
+    assert grad.dtype == torch.bfloat16

@@ -15,9 +15,9 @@ import segmentation_models_pytorch as smp
 from fec_backbone import VARIANTS
 
 from .encoder import FecEncoder
-from .hub import ENCODER_VARIANTS, pretrained_settings
+from .weights import ENCODER_VARIANTS, pretrained_settings
 
-__all__ = ["encoder_params", "fec_encoders", "register_encoder", "register_encoders"]
+__all__ = ["encoder_params", "register_encoder", "register_encoders"]
 
 #: Set by smp (``encoder_depth``, ``encoder_output_stride``, ``in_channels``) or fixed by the encoder.
 _RESERVED = ("out_channels", "depth", "output_stride", "in_chans", "num_classes", "global_pool")
@@ -35,22 +35,7 @@ def encoder_params(base: str, **overrides: Any) -> Dict[str, Any]:
             "(encoder_depth, encoder_output_stride, in_channels)"
         )
     args = dict(VARIANTS[ENCODER_VARIANTS[base]])
-    params: Dict[str, Any] = {"out_channels": [3, 0, *args["embed_dims"]], "preset": "segmentation", **args}
-    params.update(overrides)
-    return params
-
-
-def fec_encoders() -> Dict[str, Dict[str, Any]]:
-    """smp registry entries for ``fec_s``, ``fec_b`` and ``fec_l``."""
-    return {
-        name: {"encoder": FecEncoder, "pretrained_settings": pretrained_settings(name), "params": encoder_params(name)}
-        for name in ENCODER_VARIANTS
-    }
-
-
-def register_encoders() -> None:
-    """Add ``fec_s``, ``fec_b``, ``fec_l`` to ``smp.encoders.encoders`` (idempotent)."""
-    smp.encoders.encoders.update(fec_encoders())
+    return {"out_channels": [3, 0, *args["embed_dims"]], "preset": "segmentation", **args, **overrides}
 
 
 def register_encoder(name: str, base: str = "fec_s", **params: Any) -> str:
@@ -69,3 +54,9 @@ def register_encoder(name: str, base: str = "fec_s", **params: Any) -> str:
         "params": encoder_params(base, **params),
     }
     return name
+
+
+def register_encoders() -> None:
+    """Add ``fec_s``, ``fec_b``, ``fec_l`` to ``smp.encoders.encoders`` (idempotent)."""
+    for name in ENCODER_VARIANTS:
+        register_encoder(name, name)

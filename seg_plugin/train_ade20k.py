@@ -61,7 +61,7 @@ from fec_backbone.training import (
 )
 
 from .data import IGNORE_INDEX, ADE20KDataset, ADE20KEvalDataset, AugmentConfig, SegDataError, class_names
-from .hub import WeightsNotInstalledError
+from .weights import WeightsNotInstalledError
 from .registry import register_encoder, register_encoders
 
 __all__ = ["ConfigError", "Interrupted", "SegmentationModule", "build_model", "get_cfg", "load_config", "train", "main"]

@@ -2,38 +2,31 @@
 
 :class:`FecEncoder` is :class:`fec_backbone.FEC` with smp's :class:`EncoderMixin`: it keeps the core's
 modules and state-dict keys and only adapts the output to smp's encoder contract, the way smp's own
-``mix_transformer.py`` adapts SegFormer's MiT:
+``mix_transformer.py`` adapts SegFormer's MiT. ``forward`` returns ``depth + 1`` maps
+``[x, <0-channel stride-2 placeholder>, /4, /8, /16, /32]`` (FEC starts at stride 4, like MiT), every stage
+output through its own GroupNorm (``out_norms``, created fresh as in the reference's dense-prediction
+backbone, ``fork_feat=True``). Stages beyond ``depth`` are dropped, so (for depth >= 2) every parameter
+takes part in the forward pass (DDP needs no ``find_unused_parameters``).
 
-* ``forward`` returns ``depth + 1`` maps ``[x, <0-channel stride-2 placeholder>, /4, /8, /16, /32]``
-  (FEC starts at stride 4, like MiT);
-* every stage output passes its own GroupNorm (``out_norms``), as in the reference's dense-prediction
-  backbone (``fork_feat=True``: norms created fresh, not taken from ImageNet weights);
-* stages beyond ``depth`` are dropped, so (for depth >= 2) every parameter takes part in the forward pass (DDP needs no
-  ``find_unused_parameters``);
-* ``set_in_channels`` rebuilds the stem for ``in_channels + 2`` inputs (image plus coordinates);
-* ``make_dilated`` keeps the resolution of the deeper stages for ``output_stride`` 8 or 16, through the
-  core model's :meth:`fec_backbone.FEC.set_output_stride` (the mechanism ``timm.create_model(...,
-  output_stride=16)`` and smp's ``tu-fec_*`` use);
-* any input size: an image whose sides the encoder's stride (32 at depth 5) does not divide is
-  zero-padded at the bottom and right, its pixels keep the coordinate channels they have unpadded
-  (:class:`fec_backbone.fec.Stem` ``size``), and every stride-``s`` map is cropped to
-  ``ceil(H/s) x ceil(W/s)`` (the cells that touch real pixels; a stride-``s`` CNN gives the same sizes)
-  before its output norm. Divisible inputs run exactly as before (no padding, no crop).
+Any input size: an image whose sides the encoder's stride (32 at depth 5) does not divide is zero-padded
+at the bottom and right, its pixels keep the coordinate channels they have unpadded
+(:class:`fec_backbone.fec.Stem` ``size``), and every stride-``s`` map is cropped to ``ceil(H/s) x ceil(W/s)``
+(the cells that touch real pixels; a stride-``s`` CNN gives the same sizes) before its output norm.
+Divisible inputs run exactly as before (no padding, no crop).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, List, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from segmentation_models_pytorch.encoders._base import EncoderMixin
-from timm.models import adapt_input_conv
-
 from timm.layers import GroupNorm1
 
 from fec_backbone import FEC, fit_state_dict
-from fec_backbone.fec import check_input, to_nchw
+from fec_backbone.checkpoint import adapt_stem_weight
+from fec_backbone.fec import Stem, check_input, to_nchw
 
 __all__ = ["FecEncoder"]
 
@@ -79,45 +72,24 @@ class FecEncoder(FEC, EncoderMixin):
         self.prune_intermediate_layers(list(range(stages)), prune_norm=True, prune_head=True)
         self.out_norms = nn.ModuleList([GroupNorm1(c) for c in self.embed_dims[:stages]])
         self.reduction = 2 ** max(depth, 2)
-        self._depth = depth
-        self._in_channels = 3
-        self._out_channels = list(out_channels)
-        self._output_stride = 32
+        self._depth, self._in_channels, self._out_channels, self._output_stride = depth, 3, list(out_channels), 32
 
     def set_in_channels(self, in_channels: int, pretrained: bool = True) -> None:
-        """Rebuild the stem for ``in_channels`` image channels (plus the two coordinate channels).
-
-        With ``pretrained`` the image part of the stem weights is adapted as timm adapts a first conv
-        (1 channel: summed; more than 3: repeated and rescaled) and the coordinate part is kept;
-        otherwise the stem is freshly initialised.
-        """
+        """Rebuild the stem for ``in_channels`` image channels (plus the two coordinate channels): with
+        ``pretrained`` its weights adapted by :func:`fec_backbone.checkpoint.adapt_stem_weight` (as timm
+        adapts a first conv; the coordinate part kept), otherwise freshly initialised."""
         if in_channels < 1:
             raise ValueError(f"in_channels must be at least 1, got {in_channels}")
         if in_channels == self._in_channels:
             return
         old = self.stem.proj
-        new = nn.Conv2d(
-            in_channels + 2,
-            old.out_channels,
-            kernel_size=old.kernel_size,
-            stride=old.stride,
-            device=old.weight.device,
-            dtype=old.weight.dtype,
-        )
+        self.stem = Stem(in_channels, old.out_channels, old.kernel_size[0], device=old.weight.device, dtype=old.weight.dtype)
         if pretrained:
             with torch.no_grad():
-                image = adapt_input_conv(in_channels, old.weight[:, :-2], base_chans=self._in_channels)
-                new.weight.copy_(torch.cat((image, old.weight[:, -2:]), dim=1))
-                new.bias.copy_(old.bias)
-        self.stem.proj = new
-        self.stem.in_chans = in_channels
-        self.in_chans = in_channels
-        self._in_channels = in_channels
+                self.stem.proj.weight.copy_(adapt_stem_weight(old.weight, in_channels))
+                self.stem.proj.bias.copy_(old.bias)
+        self.in_chans = self._in_channels = in_channels
         self._out_channels = [in_channels] + self._out_channels[1:]
-
-    def get_stages(self) -> Dict[int, Sequence[nn.Module]]:
-        """Stages by output stride (stride-4 stage excluded: smp dilates only 16 and 32)."""
-        return {4 * 2**i: [stage] for i, stage in enumerate(self.stages) if i > 0}
 
     def make_dilated(self, output_stride: int) -> None:
         """Keep the stages deeper than ``output_stride`` (8 or 16) at that stride by dilating their

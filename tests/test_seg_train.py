@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
 from fec_backbone.checkpoint import CheckpointError
@@ -86,13 +87,14 @@ def test_interrupted_run_resumes_to_the_identical_result(toy, tmp_path):
                 "train.eval_at_start": False, "train.log_interval": 1, "train.grad_accum": 2}
     straight = train(toy_config(toy, **settings), tmp_path / "straight")
 
-    def crash(iteration):
-        if iteration == 6:
-            raise RuntimeError("simulated crash")
+    class Crash(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 6:
+                raise RuntimeError("simulated crash")
 
     interrupted_cfg = toy_config(toy, **settings, **{"data.workers": 1})
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(interrupted_cfg, tmp_path / "resumed", on_iteration=crash)
+        train(interrupted_cfg, tmp_path / "resumed", callbacks=[Crash()])
     assert torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)["global_step"] == 4
     resumed = train(interrupted_cfg, tmp_path / "resumed", resume=tmp_path / "resumed" / CHECKPOINT)
 

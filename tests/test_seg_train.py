@@ -24,7 +24,7 @@ from seg_plugin.train_ade20k import CHECKPOINT, ConfigError, _unused_parameters,
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "segmentation"
-TOY_CONFIG = CONFIGS / "toy_fpn_fec_s.yaml"
+TOY_CONFIG = CONFIGS / "toy_linknet_fec_s.yaml"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

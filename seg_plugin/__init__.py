@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import fec_backbone  # noqa: F401  (registers fec_small/base/large with timm for smp's tu- route)
 
-from .encoder import FecEncoder
-from .registry import encoder_params, register_encoder, register_encoders
+from .encoder import FecEncoder, encoder_params, register_encoder, register_encoders
 from .weights import ENCODER_VARIANTS, WeightsNotInstalledError, install, installed_path
 
 register_encoders()

@@ -1,4 +1,4 @@
-"""FEC as a segmentation-models-pytorch encoder (``fec_s``, ``fec_b``, ``fec_l``).
+"""FEC as a segmentation-models-pytorch encoder (``fec_s``, ``fec_b``, ``fec_l``) and its smp registry entries.
 
 :class:`FecEncoder` is :class:`fec_backbone.FEC` with smp's :class:`EncoderMixin`: it keeps the core's
 modules and state-dict keys and only adapts the output to smp's encoder contract, the way smp's own
@@ -13,22 +13,33 @@ at the bottom and right, its pixels keep the coordinate channels they have unpad
 (:class:`fec_backbone.fec.Stem` ``size``), and every stride-``s`` map is cropped to ``ceil(H/s) x ceil(W/s)``
 (the cells that touch real pixels; a stride-``s`` CNN gives the same sizes) before its output norm.
 Divisible inputs run exactly as before (no padding, no crop).
+
+Registry entries (``smp.encoders.encoders``, smp's format ``{"encoder", "pretrained_settings", "params"}``)
+keep an entry's FEC settings (``preset``, ``proposals``, ``folds``, ``drop_path_rate``, ...) in ``params``,
+the encoder's constructor arguments. smp passes a model's extra keyword arguments only to ``tu-`` encoders,
+so a registry encoder with other settings is an entry of its own: :func:`register_encoder`.
 """
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
 
+import segmentation_models_pytorch as smp
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from segmentation_models_pytorch.encoders._base import EncoderMixin
 from timm.layers import GroupNorm1
 
-from fec_backbone import FEC, fit_state_dict
+from fec_backbone import FEC, VARIANTS, fit_state_dict
 from fec_backbone.checkpoint import adapt_stem_weight
 from fec_backbone.fec import Stem, check_input, to_nchw
 
-__all__ = ["FecEncoder"]
+from .weights import ENCODER_VARIANTS, pretrained_settings
+
+__all__ = ["FecEncoder", "encoder_params", "register_encoder", "register_encoders"]
+
+#: Set by smp (``encoder_depth``, ``encoder_output_stride``, ``in_channels``) or fixed by the encoder.
+_RESERVED = ("out_channels", "depth", "output_stride", "in_chans", "num_classes", "global_pool")
 
 
 class FecEncoder(FEC, EncoderMixin):
@@ -127,3 +138,42 @@ class FecEncoder(FEC, EncoderMixin):
             s = info["reduction"]
             features.append(norm(to_nchw(x[:, : -(-h // s), : -(-w // s)] if padded else x)))
         return features
+
+
+def encoder_params(base: str, **overrides: Any) -> Dict[str, Any]:
+    """Constructor params of the registry encoder ``base`` (``fec_s``/``fec_b``/``fec_l``) with
+    ``overrides`` applied: the segmentation preset (proposals 10, 10, 5, 5) unless overridden."""
+    if base not in ENCODER_VARIANTS:
+        raise KeyError(f"unknown FEC encoder {base!r}; choose one of {sorted(ENCODER_VARIANTS)}")
+    reserved = sorted(set(overrides) & set(_RESERVED))
+    if reserved:
+        raise ValueError(
+            f"{reserved} cannot be encoder params: smp sets depth, output stride and input channels "
+            "(encoder_depth, encoder_output_stride, in_channels)"
+        )
+    args = dict(VARIANTS[ENCODER_VARIANTS[base]])
+    return {"out_channels": [3, 0, *args["embed_dims"]], "preset": "segmentation", **args, **overrides}
+
+
+def register_encoder(name: str, base: str = "fec_s", **params: Any) -> str:
+    """Register ``name`` as ``base`` with other FEC settings, e.g.
+    ``register_encoder("fec_s_det", "fec_s", preset="detection")`` or ``proposals=(7, 7, 7, 7)``.
+
+    ``proposals``/``folds`` change no weights, so the entry shares ``base``'s ImageNet weights. A name
+    already registered for another encoder raises ``ValueError``. Returns ``name``.
+    """
+    existing = smp.encoders.encoders.get(name)
+    if existing is not None and existing["encoder"] is not FecEncoder:
+        raise ValueError(f"{name!r} is already an smp encoder ({existing['encoder'].__name__}); choose another name")
+    smp.encoders.encoders[name] = {
+        "encoder": FecEncoder,
+        "pretrained_settings": pretrained_settings(name, base),
+        "params": encoder_params(base, **params),
+    }
+    return name
+
+
+def register_encoders() -> None:
+    """Add ``fec_s``, ``fec_b``, ``fec_l`` to ``smp.encoders.encoders`` (idempotent)."""
+    for name in ENCODER_VARIANTS:
+        register_encoder(name, name)

@@ -60,7 +60,7 @@ from fec_backbone.training import (
 
 from .data import IGNORE_INDEX, ADE20KDataset, AugmentConfig, SegDataError, class_names
 from .weights import WeightsNotInstalledError
-from .registry import register_encoder, register_encoders
+from .encoder import register_encoder, register_encoders
 
 __all__ = ["ConfigError", "Interrupted", "SegmentationModule", "build_model", "get_cfg", "load_config", "train", "main"]
 

@@ -110,8 +110,7 @@ def convert(state_dict: Mapping[str, torch.Tensor], encoder: str) -> Dict[str, t
     Stem and stages come from the checkpoint; the output norms, which the ImageNet model does not have,
     keep their fresh initialisation (weight 1, bias 0), as in the reference's segmentation backbone.
     """
-    from .encoder import FecEncoder
-    from .registry import encoder_params
+    from .encoder import FecEncoder, encoder_params
 
     target = FecEncoder(**encoder_params(encoder))
     out = fit_state_dict(state_dict, target, allow_missing=("out_norms.",))

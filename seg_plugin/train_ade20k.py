@@ -11,11 +11,10 @@ yacs ``CfgNode`` (as in Detectron2): files may name a ``_BASE_`` file, unknown k
     torchrun --nproc_per_node 4 -m seg_plugin.train_ade20k --config ... train.amp true   # DDP, global batch
     python -m seg_plugin.train_ade20k ... --resume                                         # continue a run
 
-Outputs in ``--out-dir``: ``last.ckpt`` (Lightning's checkpoint, which Lightning writes atomically, every
-``checkpoint_interval`` iterations, at the end, and on SIGINT/SIGTERM), ``metrics.csv`` (Lightning's
-CSV log: loss, learning rate, mIoU, aAcc, per-class IoU), ``tensorboard/``, ``config.yaml`` and the final
-model in smp's format (``model/``, load with ``smp.from_pretrained``). A resumed run continues exactly as
-the uninterrupted run would have.
+Outputs in ``--out-dir``: ``last.ckpt`` (Lightning's, written atomically every ``checkpoint_interval``
+iterations, at the end, and on SIGINT/SIGTERM), ``metrics.csv`` (Lightning's CSV log: loss, learning rate,
+mIoU, aAcc, per-class IoU), ``tensorboard/``, ``config.yaml`` and the final model in smp's format
+(``model/``, load with ``smp.from_pretrained``). A resumed run continues exactly as the uninterrupted run.
 """
 from __future__ import annotations
 
@@ -368,7 +367,7 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike], callbac
     train_loader = DataLoader(train_set, batch_size=batch, sampler=sampler, num_workers=d.workers,
                               pin_memory=device == "cuda", generator=torch.Generator().manual_seed(t.seed),
                               persistent_workers=d.workers > 0)
-    val_loader = DataLoader(val_set, batch_size=1, num_workers=d.workers, generator=torch.Generator().manual_seed(t.seed))
+    val_loader = DataLoader(val_set, batch_size=1, num_workers=d.workers)
 
     loggers: List[Any] = [CSVLogger(out, name="", version="", flush_logs_every_n_steps=t.log_interval)]
     if t.tensorboard:
@@ -385,8 +384,7 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike], callbac
               f"{len(train_set)} training / {len(val_all)} validation images, batch {t.batch_size} "
               f"({world} process(es) x {t.grad_accum} accumulation x {batch}), device {device}, "
               f"iterations {start}->{t.iterations}", flush=True)
-    strategy = DDPStrategy(find_unused_parameters=bool(unused), process_group_backend="nccl" if device == "cuda"
-                           else "gloo") if world > 1 else "auto"
+    strategy = DDPStrategy(find_unused_parameters=bool(unused)) if world > 1 else "auto"  # nccl on CUDA, else gloo
     callbacks += [_StopOnSignal(ckpt_path), LearningRateMonitor("step"),
                   ModelCheckpoint(out, every_n_train_steps=t.checkpoint_interval, save_top_k=0, save_last=True,
                                   enable_version_counter=False)]

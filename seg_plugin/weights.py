@@ -52,13 +52,14 @@ def repo_id(encoder: str) -> str:
 
 
 def _snapshot(encoder: str, cache_dir: Optional[str | os.PathLike] = None) -> Path:
+    """The cache folder whose files ``hf_hub_download`` returns for ``encoder``'s weights at :data:`REVISION`."""
     cache = Path(cache_dir).expanduser() if cache_dir is not None else Path(constants.HF_HUB_CACHE)
     return cache / repo_folder_name(repo_id=repo_id(encoder), repo_type="model") / "snapshots" / REVISION
 
 
 def installed_path(encoder: str, cache_dir: Optional[str | os.PathLike] = None) -> Optional[Path]:
     """The cached ``model.safetensors`` of ``encoder`` if it is installed (with its config), else None."""
-    snapshot = _snapshot(encoder, cache_dir)  # the files hf_hub_download returns for REVISION without a look-up
+    snapshot = _snapshot(encoder, cache_dir)
     installed = (snapshot / WEIGHTS_FILE).is_file() and (snapshot / CONFIG_FILE).is_file()
     return snapshot / WEIGHTS_FILE if installed else None
 

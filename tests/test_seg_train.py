@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 from fec_backbone.checkpoint import CheckpointError
 from fec_backbone.training import ResumeConfigError
 from seg_plugin.toy_data import generate
-from seg_plugin.train_ade20k import CHECKPOINT, ConfigError, _unused_parameters, build_model, load_config, train
+from seg_plugin.train_ade20k import (CHECKPOINT, ConfigError, SegmentationModule, _unused_parameters, build_model,
+                                     load_config, train)
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "segmentation"
@@ -172,6 +173,15 @@ def test_ddp_under_torchrun_with_amp_and_accumulation(toy, tmp_path):
     assert not torch.equal(saved["rng"][0]["torch"], saved["rng"][1]["torch"])  # each rank's own generator
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
     assert [r["step"] for r in rows(out / "metrics.csv", "train/loss")] == ["1", "3"]
+
+
+def test_evaluation_metrics_leave_out_absent_classes(toy):
+    """mIoU averages the classes present in labels or predictions (as mmseg); an absent class's IoU is NaN."""
+    module = SegmentationModule(toy_config(toy), ["ground", "common", "odd"])
+    module.metrics.update(torch.tensor([[0, 0, 1, 1]]), torch.tensor([[0, 1, 1, 255]]))  # 255: ignored
+    result = module.metrics.compute()
+    assert result["IoU"][:2].tolist() == [0.5, 0.5] and result["IoU"][2].isnan()
+    assert float(result["mIoU"]) == 0.5 and float(result["aAcc"]) == pytest.approx(2 / 3)
 
 
 def test_unused_parameters_are_detected_for_ddp(toy):

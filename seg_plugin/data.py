@@ -30,15 +30,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-__all__ = [
-    "IGNORE_INDEX",
-    "AugmentConfig",
-    "SegDataError",
-    "ADE20KDataset",
-    "read_pair",
-    "scan_split",
-    "class_names",
-]
+__all__ = ["IGNORE_INDEX", "ADE20KDataset", "AugmentConfig", "SegDataError", "class_names", "read_pair", "rescale_size",
+           "scan_split"]
 
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -237,6 +230,7 @@ class ADE20KDataset(Dataset):
             image, labels = image[:, ::-1], labels[:, ::-1]
         if cfg.photometric:
             image = _photometric(image, rng)
-        pad = (0, cfg.crop_size - labels.shape[1], 0, cfg.crop_size - labels.shape[0])  # to the crop: image 0, label ignored
+        # padded to the crop: image 0, labels ignored
+        pad = (0, cfg.crop_size - labels.shape[1], 0, cfg.crop_size - labels.shape[0])
         target = torch.from_numpy(labels.astype(np.int64))
         return F.pad(_normalize(image, cfg), pad), F.pad(target, pad, value=IGNORE_INDEX)

@@ -28,9 +28,6 @@ CONFIG = get_config_file("segmentation/toy_linknet_fec_s.yaml")
 
 def architectures() -> List[Tuple[str, str, str]]:
     """(architecture, encoder, result) for one forward pass of each smp architecture (64 px; PAN 128 px)."""
-    from . import register_encoders
-
-    register_encoders()
     rows = []
     for arch, cls in smp.MODEL_ARCHITECTURES_MAPPING.items():
         size = 128 if arch == "pan" else 64  # PAN's pyramid attention pools the stride-16 map 3 more times

@@ -94,7 +94,8 @@ class FecEncoder(FEC, EncoderMixin):
         if in_channels == self._in_channels:
             return
         old = self.stem.proj
-        self.stem = Stem(in_channels, old.out_channels, old.kernel_size[0], device=old.weight.device, dtype=old.weight.dtype)
+        dd = dict(device=old.weight.device, dtype=old.weight.dtype)
+        self.stem = Stem(in_channels, old.out_channels, old.kernel_size[0], **dd)
         if pretrained:
             with torch.no_grad():
                 self.stem.proj.weight.copy_(adapt_stem_weight(old.weight, in_channels))

@@ -49,17 +49,12 @@ import segmentation_models_pytorch as smp
 
 from fec_backbone.checkpoint import CheckpointError, read_checkpoint
 from fec_backbone.model_zoo import resolve_config
-from fec_backbone.training import (
-    ResumableSampler,
-    ResumeConfigError,
-    capture_rng_state,
-    check_resume_config,
-    restore_rng_state,
-)
+from fec_backbone.training import (ResumableSampler, ResumeConfigError, capture_rng_state, check_resume_config,
+                                   restore_rng_state)
 
 from .data import IGNORE_INDEX, ADE20KDataset, AugmentConfig, SegDataError, class_names
+from .encoder import register_encoder
 from .weights import WeightsNotInstalledError
-from .encoder import register_encoder, register_encoders
 
 __all__ = ["ConfigError", "Interrupted", "SegmentationModule", "build_model", "get_cfg", "load_config", "train", "main"]
 
@@ -158,7 +153,6 @@ def build_model(cfg: CfgNode) -> nn.Module:
     """The smp model of ``cfg.model``: registry encoders (``fec_s``...) get ``encoder_params`` through a
     registry entry of their own, ``tu-`` encoders as model keyword arguments (smp passes them to timm)."""
     m = cfg.model
-    register_encoders()
     encoder, params, weights = m.encoder, _plain(m.encoder_params), m.encoder_weights
     if isinstance(weights, str) and weights.lower() in ("none", "null", ""):
         weights = None

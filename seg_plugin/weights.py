@@ -167,7 +167,8 @@ def install(checkpoint: str | os.PathLike, encoder: Optional[str] = None,
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m seg_plugin.weights", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p_install = sub.add_parser("install", help="convert an official FEC checkpoint for smp's encoder_weights='imagenet'")
+    p_install = sub.add_parser("install",
+                               help="convert an official FEC checkpoint for smp's encoder_weights='imagenet'")
     p_install.add_argument("--checkpoint", required=True,
                            help="official FEC ImageNet checkpoint (.pth/.pth.tar/.safetensors)")
     p_install.add_argument("--encoder", choices=sorted(ENCODER_VARIANTS), help="smp encoder name (default: detected)")

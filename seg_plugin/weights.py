@@ -96,15 +96,6 @@ def pretrained_settings(encoder: str, base: Optional[str] = None) -> Dict[str, D
     return _FecPretrainedSettings(encoder, base)
 
 
-def _detect_encoder(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """The FEC encoder name whose architecture the FEC weights fit, or CheckpointError."""
-    by_variant = {variant: encoder for encoder, variant in ENCODER_VARIANTS.items()}
-    variant = detect_variant(state_dict)
-    if variant not in by_variant:
-        raise CheckpointError(f"the checkpoint fits none of the FEC variants ({', '.join(by_variant)})")
-    return by_variant[variant]
-
-
 def convert(state_dict: Mapping[str, torch.Tensor], encoder: str) -> Dict[str, torch.Tensor]:
     """FEC weights (:func:`fec_backbone.read_fec_weights`) as ``encoder``'s full state dict (depth 5).
 
@@ -131,19 +122,20 @@ def install(checkpoint: str | os.PathLike, encoder: Optional[str] = None,
     from safetensors.torch import save as save_safetensors
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    state = read_fec_weights(checkpoint)
-    encoder = encoder or _detect_encoder(state)
+    state, where = read_fec_weights(checkpoint), repr(os.fspath(checkpoint))
+    actual = {variant: name for name, variant in ENCODER_VARIANTS.items()}.get(detect_variant(state))
+    if encoder is None and actual is None:
+        raise CheckpointError(f"{where} fits none of the FEC variants ({', '.join(ENCODER_VARIANTS.values())})")
+    encoder = encoder or actual
     if encoder not in ENCODER_VARIANTS:
         raise KeyError(f"unknown FEC encoder {encoder!r}; choose one of {sorted(ENCODER_VARIANTS)}")
     try:
         weights = convert(state, encoder)
     except CheckpointError as err:
-        try:
-            actual = _detect_encoder(state)
-        except CheckpointError:
-            raise CheckpointError(f"{os.fspath(checkpoint)!r} cannot be installed as {encoder}: {err}") from err
+        if actual is None:
+            raise CheckpointError(f"{where} cannot be installed as {encoder}: {err}") from err
         raise CheckpointError(
-            f"{os.fspath(checkpoint)!r} is an {ENCODER_VARIANTS[actual]} checkpoint (smp encoder {actual}), "
+            f"{where} is an {ENCODER_VARIANTS[actual]} checkpoint (smp encoder {actual}), "
             f"not {ENCODER_VARIANTS[encoder]} ({encoder}): pass --encoder {actual}, or leave --encoder out"
         ) from err
     config = {

@@ -11,7 +11,7 @@ yacs ``CfgNode`` (as in Detectron2): files may name a ``_BASE_`` file, unknown k
     torchrun --nproc_per_node 4 -m seg_plugin.train_ade20k --config ... train.amp true   # DDP, global batch
     python -m seg_plugin.train_ade20k ... --resume                                         # continue a run
 
-Outputs in ``--out-dir``: ``last.ckpt`` (Lightning's, written atomically every ``checkpoint_interval``
+Outputs in ``--out-dir``: ``last.ckpt`` (Lightning's, written atomically, every ``checkpoint_interval``
 iterations, at the end, and on SIGINT/SIGTERM), ``metrics.csv`` (Lightning's CSV log: loss, learning rate,
 mIoU, aAcc, per-class IoU), ``tensorboard/``, ``config.yaml`` and the final model in smp's format
 (``model/``, load with ``smp.from_pretrained``). A resumed run continues exactly as the uninterrupted run.
@@ -42,6 +42,7 @@ import yaml
 from fvcore.common.config import CfgNode
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, Subset
 
@@ -49,8 +50,8 @@ import segmentation_models_pytorch as smp
 
 from fec_backbone.checkpoint import CheckpointError, read_checkpoint
 from fec_backbone.model_zoo import resolve_config
-from fec_backbone.training import (ResumableSampler, ResumeConfigError, capture_rng_state, check_resume_config,
-                                   restore_rng_state)
+from fec_backbone.training import (ResumableSampler, ResumeConfigError, atomic_save, capture_rng_state,
+                                   check_resume_config, restore_rng_state)
 
 from .data import IGNORE_INDEX, ADE20KDataset, AugmentConfig, SegDataError, class_names
 from .encoder import register_encoder
@@ -264,6 +265,15 @@ class SegmentationModule(L.LightningModule):
             L.seed_everything(self.cfg.train.seed + 1 + self.global_rank, verbose=False)
 
 
+class _AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer with the shared atomic saver: written beside the target, flushed, renamed.
+    (Lightning stages the file in the system temp folder and moves it: a plain copy, not atomic, when that
+    folder is on another file system.)"""
+
+    def save_checkpoint(self, checkpoint: Dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        atomic_save(checkpoint, path)
+
+
 class _StopOnSignal(Callback):
     """SIGINT/SIGTERM: finish the optimizer step, write ``last.ckpt`` (all ranks agree on the step), then raise
     :class:`Interrupted` before the next batch, once Lightning has logged the step. (Lightning's own SIGTERM
@@ -390,7 +400,7 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike], callbac
         logger=loggers, log_every_n_steps=t.log_interval, enable_model_summary=False, inference_mode=False,
         callbacks=callbacks + ([TQDMProgressBar(max(1, t.log_interval // 10))] if t.progress else []),
         enable_progress_bar=t.progress, deterministic="warn" if t.deterministic else None,
-        default_root_dir=out,
+        plugins=[_AtomicCheckpointIO()], default_root_dir=out,
     )
     result: Dict[str, Any] = {}
     if t.eval_at_start and start == 0:

@@ -30,6 +30,7 @@ __all__ = [
     "ALLOWED_GLOBALS",
     "CheckpointError",
     "LoadResult",
+    "adapt_stem_weight",
     "check_keys",
     "detect_variant",
     "extract_fec_weights",
@@ -271,6 +272,16 @@ def check_keys(
     raise CheckpointError("\n".join(lines))
 
 
+def adapt_stem_weight(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """A stem weight ``[C, c + 2, k, k]`` (``c`` image channels, then the two coordinate channels) for
+    ``in_chans`` image channels: the image part adapted as timm adapts a first conv (1 channel: summed;
+    more than ``c``: repeated and rescaled), the coordinate part kept."""
+    from timm.models import adapt_input_conv
+
+    image = adapt_input_conv(in_chans, weight[:, :-2], base_chans=weight.shape[1] - 2)
+    return torch.cat((image, weight[:, -2:]), dim=1)
+
+
 def fit_state_dict(
     state_dict: Mapping[str, torch.Tensor],
     model: nn.Module,
@@ -291,8 +302,6 @@ def fit_state_dict(
     Anything else that differs
     raises :class:`CheckpointError`, naming the checkpoint's variant when it is another one.
     """
-    from timm.models import adapt_input_conv
-
     from .fec import FEC
 
     if not isinstance(model, FEC):
@@ -318,10 +327,8 @@ def fit_state_dict(
     stem = "stem.proj.weight"
     if stem in out and stem in expected and out[stem].shape[1] != expected[stem].shape[1]:
         weight, model_chans = out[stem], expected[stem].shape[1] - 2
-        image_chans = weight.shape[1] - 2
-        if image_chans > 0 and model_chans > 0 and weight.shape[0] == expected[stem].shape[0]:
-            image = adapt_input_conv(model_chans, weight[:, :image_chans], base_chans=image_chans)
-            out[stem] = torch.cat((image, weight[:, image_chans:]), dim=1)
+        if weight.shape[1] > 2 and model_chans > 0 and weight.shape[0] == expected[stem].shape[0]:
+            out[stem] = adapt_stem_weight(weight, model_chans)
     ignore = tuple(allow_missing)
     result.kept_initial += [k for k in expected if k.startswith(ignore) and k not in out]
     what = f"{type(model).__name__} ({model.describe()})" if hasattr(model, "describe") else type(model).__name__

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import fec_backbone  # noqa: F401  (registers fec_small/base/large with timm for smp's tu- route)
 
-from .encoder import FecEncoder
-from .registry import encoder_params, fec_encoders, register_encoder, register_encoders
-from .hub import ENCODER_VARIANTS, WeightsNotInstalledError, install, installed_path
+from .encoder import FecEncoder, encoder_params, register_encoder, register_encoders
+from .weights import ENCODER_VARIANTS, WeightsNotInstalledError, install, installed_path
 
 register_encoders()
 
@@ -23,7 +22,6 @@ __all__ = [
     "FecEncoder",
     "WeightsNotInstalledError",
     "encoder_params",
-    "fec_encoders",
     "install",
     "installed_path",
     "register_encoder",

@@ -21,23 +21,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
 
-__all__ = [
-    "IGNORE_INDEX",
-    "AugmentConfig",
-    "SegDataError",
-    "ADE20KDataset",
-    "ADE20KEvalDataset",
-    "read_pair",
-    "scan_split",
-    "class_names",
-]
+__all__ = ["IGNORE_INDEX", "ADE20KDataset", "AugmentConfig", "SegDataError", "class_names", "read_pair", "rescale_size",
+           "scan_split"]
 
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -110,16 +104,12 @@ def read_pair(image_path: Path, ann_path: Path, num_classes: int) -> Tuple[np.nd
         raise SegDataError(f"cannot read image {image_path}: {err}") from err
     try:
         with Image.open(ann_path) as ann:
-            if ann.mode not in ("L", "P", "I;16", "I"):
-                raise SegDataError(
-                    f"annotation {ann_path} has image mode {ann.mode!r}; expected a single-channel label map "
-                    "(8-bit grayscale or palette PNG holding class indices)"
-                )
-            raw = np.asarray(ann)
-    except SegDataError:
-        raise
+            mode, raw = ann.mode, np.asarray(ann)
     except (OSError, ValueError) as err:
         raise SegDataError(f"cannot read annotation {ann_path}: {err}") from err
+    if mode not in ("L", "P", "I;16", "I"):
+        raise SegDataError(f"annotation {ann_path} has image mode {mode!r}; expected a single-channel label map "
+                           "(8-bit grayscale or palette PNG holding class indices)")
     if raw.shape != image.shape[:2]:
         raise SegDataError(
             f"annotation {ann_path} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image {image_path} is "
@@ -127,9 +117,8 @@ def read_pair(image_path: Path, ann_path: Path, num_classes: int) -> Tuple[np.nd
         )
     bad = (raw > num_classes) & (raw != IGNORE_INDEX)
     if bad.any():
-        values = np.unique(raw[bad])
         raise SegDataError(
-            f"annotation {ann_path} has label values {values[:10].tolist()} above the class count "
+            f"annotation {ann_path} has label values {np.unique(raw[bad])[:10].tolist()} above the class count "
             f"({num_classes}; 0 and {IGNORE_INDEX} are ignored) in {int(bad.sum())} pixel(s)"
         )
     labels = raw.astype(np.int32) - 1
@@ -175,8 +164,6 @@ def _crop_box(
 
 def _photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """mmseg's PhotoMetricDistortion: brightness, contrast (before or after), saturation, hue."""
-    from torchvision.transforms.v2 import functional as TF
-
     img = image.astype(np.float32)
     if rng.integers(2):
         img = np.clip(img + rng.uniform(-32, 32), 0, 255)
@@ -202,29 +189,36 @@ def _photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _normalize(image: np.ndarray, cfg: AugmentConfig) -> torch.Tensor:
-    img = (image.astype(np.float32) - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+    """``[H, W, 3]`` 0-255 image -> normalised ``[3, H, W]`` float tensor."""
+    return TF.normalize(torch.from_numpy(np.array(image, np.float32)).permute(2, 0, 1), cfg.mean, cfg.std)
 
 
 class ADE20KDataset(Dataset):
-    """Training split with the reference augmentation; items are ``(index, stream position)`` pairs
-    from :class:`fec_backbone.training.ResumableSampler` (``positions=True``), returning ``(image [3, crop, crop] float, labels [crop, crop] int64)``."""
+    """Training split (``train=True``) or evaluation split of an ADE20K-layout folder.
 
-    def __init__(
-        self, root: str | Path, split: str, num_classes: int, cfg: AugmentConfig, seed: int = 0, rank: int = 0
-    ):
+    Training items are ``(index, stream position)`` pairs from :class:`fec_backbone.training.ResumableSampler`
+    (``positions=True``) and return ``(image [3, crop, crop] float, labels [crop, crop] int64)`` through the
+    reference augmentation; evaluation items are indices and return ``(image [3, h, w]`` at the evaluation
+    scale aligned to ``size_divisor``, ``labels [H, W] int64`` at the original size).
+    """
+
+    def __init__(self, root: str | Path, split: str, num_classes: int, cfg: AugmentConfig, seed: int = 0,
+                 rank: int = 0, train: bool = True):
         self.pairs = scan_split(root, split)
-        self.num_classes = num_classes
-        self.cfg = cfg
-        self.seed = seed
-        self.rank = rank
+        self.num_classes, self.cfg, self.seed, self.rank, self.train = num_classes, cfg, seed, rank, train
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, item: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        index, position = item
+    def __getitem__(self, item: int | Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
+        if not self.train:
+            image, labels = read_pair(*self.pairs[item], self.num_classes)
+            width, height = rescale_size(*labels.shape, cfg.eval_scale)
+            div = cfg.size_divisor
+            image, _ = _resize(image, None, (math.ceil(width / div) * div, math.ceil(height / div) * div))
+            return _normalize(image, cfg), torch.from_numpy(labels.astype(np.int64))
+        index, position = item
         rng = np.random.default_rng([self.seed, self.rank, position])
         image, labels = read_pair(*self.pairs[index], self.num_classes)
         ratio = rng.uniform(*cfg.ratio_range)
@@ -236,38 +230,7 @@ class ADE20KDataset(Dataset):
             image, labels = image[:, ::-1], labels[:, ::-1]
         if cfg.photometric:
             image = _photometric(image, rng)
-        tensor = torch.zeros(3, cfg.crop_size, cfg.crop_size)
-        target = torch.full((cfg.crop_size, cfg.crop_size), IGNORE_INDEX, dtype=torch.int64)
-        h, w = labels.shape
-        tensor[:, :h, :w] = _normalize(image, cfg)
-        target[:h, :w] = torch.from_numpy(labels.astype(np.int64))
-        return tensor, target
-
-
-class ADE20KEvalDataset(Dataset):
-    """Evaluation split: ``(image [3, h, w] at the evaluation scale aligned to size_divisor,
-    labels [H, W] int64 at the original size)``."""
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        num_classes: int,
-        cfg: AugmentConfig,
-        indices: Optional[Sequence[int]] = None,
-    ):
-        self.pairs = scan_split(root, split)
-        self.num_classes = num_classes
-        self.cfg = cfg
-        self.indices = list(range(len(self.pairs))) if indices is None else list(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        image, labels = read_pair(*self.pairs[self.indices[i]], self.num_classes)
-        width, height = rescale_size(*labels.shape, self.cfg.eval_scale)
-        div = self.cfg.size_divisor
-        size = (math.ceil(width / div) * div, math.ceil(height / div) * div)
-        image, _ = _resize(image, None, size)
-        return _normalize(image, self.cfg), torch.from_numpy(labels.astype(np.int64))
+        # padded to the crop: image 0, labels ignored
+        pad = (0, cfg.crop_size - labels.shape[1], 0, cfg.crop_size - labels.shape[0])
+        target = torch.from_numpy(labels.astype(np.int64))
+        return F.pad(_normalize(image, cfg), pad), F.pad(target, pad, value=IGNORE_INDEX)

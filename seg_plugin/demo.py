@@ -1,5 +1,5 @@
 """Segmentation demo: every smp architecture with ``fec_s``, then the toy recipe (Linknet + FEC-S,
-configs/segmentation/toy_fpn_fec_s.yaml) trained on the generated toy ADE20K-layout data (CPU, under a
+configs/segmentation/toy_linknet_fec_s.yaml) trained on the generated toy ADE20K-layout data (CPU, under a
 minute), with mIoU before and after.
 
     python -m seg_plugin.demo [--out-dir output/seg_demo] [--iterations 600]
@@ -23,14 +23,11 @@ from fec_backbone.model_zoo import get_config_file
 from .toy_data import generate
 from .train_ade20k import load_config, train
 
-CONFIG = get_config_file("segmentation/toy_fpn_fec_s.yaml")
+CONFIG = get_config_file("segmentation/toy_linknet_fec_s.yaml")
 
 
 def architectures() -> List[Tuple[str, str, str]]:
     """(architecture, encoder, result) for one forward pass of each smp architecture (64 px; PAN 128 px)."""
-    from . import register_encoders
-
-    register_encoders()
     rows = []
     for arch, cls in smp.MODEL_ARCHITECTURES_MAPPING.items():
         size = 128 if arch == "pan" else 64  # PAN's pyramid attention pools the stride-16 map 3 more times

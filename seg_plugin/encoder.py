@@ -1,41 +1,45 @@
-"""FEC as a segmentation-models-pytorch encoder (``fec_s``, ``fec_b``, ``fec_l``).
+"""FEC as a segmentation-models-pytorch encoder (``fec_s``, ``fec_b``, ``fec_l``) and its smp registry entries.
 
 :class:`FecEncoder` is :class:`fec_backbone.FEC` with smp's :class:`EncoderMixin`: it keeps the core's
 modules and state-dict keys and only adapts the output to smp's encoder contract, the way smp's own
-``mix_transformer.py`` adapts SegFormer's MiT:
+``mix_transformer.py`` adapts SegFormer's MiT. ``forward`` returns ``depth + 1`` maps
+``[x, <0-channel stride-2 placeholder>, /4, /8, /16, /32]`` (FEC starts at stride 4, like MiT), every stage
+output through its own GroupNorm (``out_norms``, created fresh as in the reference's dense-prediction
+backbone, ``fork_feat=True``). Stages beyond ``depth`` are dropped, so (for depth >= 2) every parameter
+takes part in the forward pass (DDP needs no ``find_unused_parameters``).
 
-* ``forward`` returns ``depth + 1`` maps ``[x, <0-channel stride-2 placeholder>, /4, /8, /16, /32]``
-  (FEC starts at stride 4, like MiT);
-* every stage output passes its own GroupNorm (``out_norms``), as in the reference's dense-prediction
-  backbone (``fork_feat=True``: norms created fresh, not taken from ImageNet weights);
-* stages beyond ``depth`` are dropped, so (for depth >= 2) every parameter takes part in the forward pass (DDP needs no
-  ``find_unused_parameters``);
-* ``set_in_channels`` rebuilds the stem for ``in_channels + 2`` inputs (image plus coordinates);
-* ``make_dilated`` keeps the resolution of the deeper stages for ``output_stride`` 8 or 16, through the
-  core model's :meth:`fec_backbone.FEC.set_output_stride` (the mechanism ``timm.create_model(...,
-  output_stride=16)`` and smp's ``tu-fec_*`` use);
-* any input size: an image whose sides the encoder's stride (32 at depth 5) does not divide is
-  zero-padded at the bottom and right, its pixels keep the coordinate channels they have unpadded
-  (:class:`fec_backbone.fec.Stem` ``size``), and every stride-``s`` map is cropped to
-  ``ceil(H/s) x ceil(W/s)`` (the cells that touch real pixels; a stride-``s`` CNN gives the same sizes)
-  before its output norm. Divisible inputs run exactly as before (no padding, no crop).
+Any input size: an image whose sides the encoder's stride (32 at depth 5) does not divide is zero-padded
+at the bottom and right, its pixels keep the coordinate channels they have unpadded
+(:class:`fec_backbone.fec.Stem` ``size``), and every stride-``s`` map is cropped to ``ceil(H/s) x ceil(W/s)``
+(the cells that touch real pixels; a stride-``s`` CNN gives the same sizes) before its output norm.
+Divisible inputs run exactly as before (no padding, no crop).
+
+Registry entries (``smp.encoders.encoders``, smp's format ``{"encoder", "pretrained_settings", "params"}``)
+keep an entry's FEC settings (``preset``, ``proposals``, ``folds``, ``drop_path_rate``, ...) in ``params``,
+the encoder's constructor arguments. smp passes a model's extra keyword arguments only to ``tu-`` encoders,
+so a registry encoder with other settings is an entry of its own: :func:`register_encoder`.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Sequence
 
+import segmentation_models_pytorch as smp
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from segmentation_models_pytorch.encoders._base import EncoderMixin
-from timm.models import adapt_input_conv
-
 from timm.layers import GroupNorm1
 
-from fec_backbone import FEC, fit_state_dict
-from fec_backbone.fec import check_input, to_nchw
+from fec_backbone import FEC, VARIANTS, fit_state_dict
+from fec_backbone.checkpoint import adapt_stem_weight
+from fec_backbone.fec import Stem, check_input, to_nchw
 
-__all__ = ["FecEncoder"]
+from .weights import ENCODER_VARIANTS, pretrained_settings
+
+__all__ = ["FecEncoder", "encoder_params", "register_encoder", "register_encoders"]
+
+#: Set by smp (``encoder_depth``, ``encoder_output_stride``, ``in_channels``) or fixed by the encoder.
+_RESERVED = ("out_channels", "depth", "output_stride", "in_chans", "num_classes", "global_pool")
 
 
 class FecEncoder(FEC, EncoderMixin):
@@ -79,45 +83,25 @@ class FecEncoder(FEC, EncoderMixin):
         self.prune_intermediate_layers(list(range(stages)), prune_norm=True, prune_head=True)
         self.out_norms = nn.ModuleList([GroupNorm1(c) for c in self.embed_dims[:stages]])
         self.reduction = 2 ** max(depth, 2)
-        self._depth = depth
-        self._in_channels = 3
-        self._out_channels = list(out_channels)
-        self._output_stride = 32
+        self._depth, self._in_channels, self._out_channels, self._output_stride = depth, 3, list(out_channels), 32
 
     def set_in_channels(self, in_channels: int, pretrained: bool = True) -> None:
-        """Rebuild the stem for ``in_channels`` image channels (plus the two coordinate channels).
-
-        With ``pretrained`` the image part of the stem weights is adapted as timm adapts a first conv
-        (1 channel: summed; more than 3: repeated and rescaled) and the coordinate part is kept;
-        otherwise the stem is freshly initialised.
-        """
+        """Rebuild the stem for ``in_channels`` image channels (plus the two coordinate channels): with
+        ``pretrained`` its weights adapted by :func:`fec_backbone.checkpoint.adapt_stem_weight` (as timm
+        adapts a first conv; the coordinate part kept), otherwise freshly initialised."""
         if in_channels < 1:
             raise ValueError(f"in_channels must be at least 1, got {in_channels}")
         if in_channels == self._in_channels:
             return
         old = self.stem.proj
-        new = nn.Conv2d(
-            in_channels + 2,
-            old.out_channels,
-            kernel_size=old.kernel_size,
-            stride=old.stride,
-            device=old.weight.device,
-            dtype=old.weight.dtype,
-        )
+        dd = dict(device=old.weight.device, dtype=old.weight.dtype)
+        self.stem = Stem(in_channels, old.out_channels, old.kernel_size[0], **dd)
         if pretrained:
             with torch.no_grad():
-                image = adapt_input_conv(in_channels, old.weight[:, :-2], base_chans=self._in_channels)
-                new.weight.copy_(torch.cat((image, old.weight[:, -2:]), dim=1))
-                new.bias.copy_(old.bias)
-        self.stem.proj = new
-        self.stem.in_chans = in_channels
-        self.in_chans = in_channels
-        self._in_channels = in_channels
+                self.stem.proj.weight.copy_(adapt_stem_weight(old.weight, in_channels))
+                self.stem.proj.bias.copy_(old.bias)
+        self.in_chans = self._in_channels = in_channels
         self._out_channels = [in_channels] + self._out_channels[1:]
-
-    def get_stages(self) -> Dict[int, Sequence[nn.Module]]:
-        """Stages by output stride (stride-4 stage excluded: smp dilates only 16 and 32)."""
-        return {4 * 2**i: [stage] for i, stage in enumerate(self.stages) if i > 0}
 
     def make_dilated(self, output_stride: int) -> None:
         """Keep the stages deeper than ``output_stride`` (8 or 16) at that stride by dilating their
@@ -155,3 +139,42 @@ class FecEncoder(FEC, EncoderMixin):
             s = info["reduction"]
             features.append(norm(to_nchw(x[:, : -(-h // s), : -(-w // s)] if padded else x)))
         return features
+
+
+def encoder_params(base: str, **overrides: Any) -> Dict[str, Any]:
+    """Constructor params of the registry encoder ``base`` (``fec_s``/``fec_b``/``fec_l``) with
+    ``overrides`` applied: the segmentation preset (proposals 10, 10, 5, 5) unless overridden."""
+    if base not in ENCODER_VARIANTS:
+        raise KeyError(f"unknown FEC encoder {base!r}; choose one of {sorted(ENCODER_VARIANTS)}")
+    reserved = sorted(set(overrides) & set(_RESERVED))
+    if reserved:
+        raise ValueError(
+            f"{reserved} cannot be encoder params: smp sets depth, output stride and input channels "
+            "(encoder_depth, encoder_output_stride, in_channels)"
+        )
+    args = dict(VARIANTS[ENCODER_VARIANTS[base]])
+    return {"out_channels": [3, 0, *args["embed_dims"]], "preset": "segmentation", **args, **overrides}
+
+
+def register_encoder(name: str, base: str = "fec_s", **params: Any) -> str:
+    """Register ``name`` as ``base`` with other FEC settings, e.g.
+    ``register_encoder("fec_s_det", "fec_s", preset="detection")`` or ``proposals=(7, 7, 7, 7)``.
+
+    ``proposals``/``folds`` change no weights, so the entry shares ``base``'s ImageNet weights. A name
+    already registered for another encoder raises ``ValueError``. Returns ``name``.
+    """
+    existing = smp.encoders.encoders.get(name)
+    if existing is not None and existing["encoder"] is not FecEncoder:
+        raise ValueError(f"{name!r} is already an smp encoder ({existing['encoder'].__name__}); choose another name")
+    smp.encoders.encoders[name] = {
+        "encoder": FecEncoder,
+        "pretrained_settings": pretrained_settings(name, base),
+        "params": encoder_params(base, **params),
+    }
+    return name
+
+
+def register_encoders() -> None:
+    """Add ``fec_s``, ``fec_b``, ``fec_l`` to ``smp.encoders.encoders`` (idempotent)."""
+    for name in ENCODER_VARIANTS:
+        register_encoder(name, name)

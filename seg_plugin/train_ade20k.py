@@ -11,11 +11,10 @@ yacs ``CfgNode`` (as in Detectron2): files may name a ``_BASE_`` file, unknown k
     torchrun --nproc_per_node 4 -m seg_plugin.train_ade20k --config ... train.amp true   # DDP, global batch
     python -m seg_plugin.train_ade20k ... --resume                                         # continue a run
 
-Outputs in ``--out-dir``: ``last.ckpt`` (Lightning's checkpoint, written atomically every
-``checkpoint_interval`` iterations, at the end, and on SIGINT/SIGTERM), ``metrics.csv`` (Lightning's
-CSV log: loss, learning rate, mIoU, aAcc, per-class IoU), ``tensorboard/``, ``config.yaml`` and the final
-model in smp's format (``model/``, load with ``smp.from_pretrained``). A resumed run continues exactly as
-the uninterrupted run would have.
+Outputs in ``--out-dir``: ``last.ckpt`` (Lightning's, written atomically, every ``checkpoint_interval``
+iterations, at the end, and on SIGINT/SIGTERM), ``metrics.csv`` (Lightning's CSV log: loss, learning rate,
+mIoU, aAcc, per-class IoU), ``tensorboard/``, ``config.yaml`` and the final model in smp's format
+(``model/``, load with ``smp.from_pretrained``). A resumed run continues exactly as the uninterrupted run.
 """
 from __future__ import annotations
 
@@ -30,9 +29,9 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import lightning as L
 import torch
@@ -45,24 +44,18 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 import segmentation_models_pytorch as smp
 
 from fec_backbone.checkpoint import CheckpointError, read_checkpoint
 from fec_backbone.model_zoo import resolve_config
-from fec_backbone.training import (
-    ResumableSampler,
-    ResumeConfigError,
-    atomic_save,
-    capture_rng_state,
-    check_resume_config,
-    restore_rng_state,
-)
+from fec_backbone.training import (ResumableSampler, ResumeConfigError, atomic_save, capture_rng_state,
+                                   check_resume_config, restore_rng_state)
 
-from .data import IGNORE_INDEX, ADE20KDataset, ADE20KEvalDataset, AugmentConfig, SegDataError, class_names
-from .hub import WeightsNotInstalledError
-from .registry import register_encoder, register_encoders
+from .data import IGNORE_INDEX, ADE20KDataset, AugmentConfig, SegDataError, class_names
+from .encoder import register_encoder
+from .weights import WeightsNotInstalledError
 
 __all__ = ["ConfigError", "Interrupted", "SegmentationModule", "build_model", "get_cfg", "load_config", "train", "main"]
 
@@ -76,9 +69,8 @@ _C = CfgNode({
     "model": {"arch": "fpn", "encoder": "fec_s", "encoder_weights": "imagenet", "encoder_depth": None,
               "encoder_params": {}, "arch_kwargs": {}},
     "data": {"root": "data/ADEChallengeData2016", "train_split": "training", "val_split": "validation",
-             "num_classes": 150, "scale": [2048, 512], "ratio_range": [0.5, 2.0], "crop_size": 512,
-             "cat_max_ratio": 0.75, "flip_prob": 0.5, "photometric": True, "mean": [123.675, 116.28, 103.53],
-             "std": [58.395, 57.12, 57.375], "eval_scale": [2048, 512], "size_divisor": 32, "workers": 4},
+             "num_classes": 150, "workers": 4,  # and the augmentation's settings, from AugmentConfig:
+             **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(AugmentConfig()).items()}},
     "optim": {"lr": 1.0e-4, "weight_decay": 1.0e-4, "betas": [0.9, 0.999], "poly_power": 0.9},
     "train": {"iterations": 80000, "batch_size": 16, "grad_accum": 1, "amp": False, "seed": 0, "deterministic": False,
               "eval_interval": 8000, "eval_at_start": False, "checkpoint_interval": 8000, "log_interval": 50,
@@ -162,7 +154,6 @@ def build_model(cfg: CfgNode) -> nn.Module:
     """The smp model of ``cfg.model``: registry encoders (``fec_s``...) get ``encoder_params`` through a
     registry entry of their own, ``tu-`` encoders as model keyword arguments (smp passes them to timm)."""
     m = cfg.model
-    register_encoders()
     encoder, params, weights = m.encoder, _plain(m.encoder_params), m.encoder_weights
     if isinstance(weights, str) and weights.lower() in ("none", "null", ""):
         weights = None
@@ -199,14 +190,14 @@ class SegmentationModule(L.LightningModule):
     def __init__(self, cfg: CfgNode, names: List[str]):
         super().__init__()
         from torchmetrics import MetricCollection, SumMetric
-        from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
         self.cfg, self.names, self.model = cfg, names, build_model(cfg)
         common = dict(num_classes=cfg.data.num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
         self.metrics = MetricCollection({"mIoU": MulticlassJaccardIndex(average="macro", **common),
-                                         "IoU": MulticlassJaccardIndex(average="none", **common),
-                                         "aAcc": MulticlassAccuracy(average="micro", **common),
-                                         "confmat": MulticlassConfusionMatrix(**common)})
+                                         "IoU": MulticlassJaccardIndex(average="none", zero_division=float("nan"),
+                                                                       **common),
+                                         "aAcc": MulticlassAccuracy(average="micro", **common)})
         self.images = SumMetric()
         self.evaluations: List[Dict[str, Any]] = []
         self._rng: Optional[Dict[str, Any]] = None
@@ -230,11 +221,10 @@ class SegmentationModule(L.LightningModule):
         self.images.update(image.shape[0])
 
     def on_validation_epoch_end(self) -> None:
-        """mIoU over the classes present in labels or predictions (as mmseg), aAcc and per-class IoU (NaN for
-        classes absent from both), summed over all ranks by torchmetrics."""
+        """mIoU over the classes present in labels or predictions (torchmetrics' macro average, as mmseg), aAcc
+        and per-class IoU (NaN for classes absent from both), summed over all ranks by torchmetrics."""
         result = self.metrics.compute()
-        present = (result["confmat"].sum(0) + result["confmat"].sum(1)) > 0
-        iou = torch.where(present, result["IoU"], float("nan")).cpu().tolist()
+        iou = result["IoU"].cpu().tolist()
         ev = {"iteration": self.global_step, "mIoU": float(result["mIoU"]), "aAcc": float(result["aAcc"]), "IoU": iou,
               "images": int(self.images.compute())}
         self.evaluations.append(ev)
@@ -276,7 +266,9 @@ class SegmentationModule(L.LightningModule):
 
 
 class _AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer with the shared atomic saver (flushed to disk, then renamed)."""
+    """Lightning's checkpoint writer with the shared atomic saver: written beside the target, flushed, renamed.
+    (Lightning stages the file in the system temp folder and moves it: a plain copy, not atomic, when that
+    folder is on another file system.)"""
 
     def save_checkpoint(self, checkpoint: Dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         atomic_save(checkpoint, path)
@@ -285,10 +277,10 @@ class _AtomicCheckpointIO(TorchCheckpointIO):
 class _StopOnSignal(Callback):
     """SIGINT/SIGTERM: finish the optimizer step, write ``last.ckpt`` (all ranks agree on the step), then raise
     :class:`Interrupted` before the next batch, once Lightning has logged the step. (Lightning's own SIGTERM
-    stop can fall inside a gradient accumulation and is decided per rank.)"""
+    stop can fall inside a gradient accumulation, is decided per rank and writes no checkpoint.)"""
 
-    def __init__(self, path: Path, on_iteration: Optional[Callable[[int], None]] = None):
-        self.path, self.on_iteration = path, on_iteration
+    def __init__(self, path: Path):
+        self.path = path
         self.signal: Optional[int] = None
         self.saved: Optional[int] = None
         self._previous: Dict[int, Any] = {}
@@ -309,8 +301,6 @@ class _StopOnSignal(Callback):
         if trainer.global_step == self._step:  # inside a gradient accumulation
             return
         self._step = trainer.global_step
-        if self.on_iteration is not None:
-            self.on_iteration(self._step)
         stop = torch.tensor([self.signal is not None], dtype=torch.int32, device=pl_module.device)
         if trainer.world_size > 1:
             dist.all_reduce(stop, op=dist.ReduceOp.MAX)
@@ -333,22 +323,21 @@ def _csv_rows_before(path: Path, step: int) -> List[Dict[str, str]]:
 
 
 def train(cfg: CfgNode, out_dir: str | os.PathLike, resume: Optional[str | os.PathLike] = None,
-          on_iteration: Optional[Callable[[int], None]] = None) -> Dict[str, Any]:
+          callbacks: Sequence[Callback] = ()) -> Dict[str, Any]:
     """Train (or continue training) ``cfg``'s model into ``out_dir``. Returns ``final`` (the last evaluation:
     ``mIoU``, ``aAcc``, per-class ``IoU``, ``images``, ``iteration``), ``initial`` (with
-    ``train.eval_at_start``), ``sec_per_iter``, ``iterations`` and ``unused_parameters``;
-    ``on_iteration(i)`` runs after iteration ``i``."""
+    ``train.eval_at_start``), ``sec_per_iter``, ``iterations`` and ``unused_parameters``; ``callbacks``
+    are further Lightning callbacks."""
     threads = torch.get_num_threads()
     if cfg.train.cpu_threads is not None:
         torch.set_num_threads(cfg.train.cpu_threads)
     try:
-        return _train(cfg, Path(out_dir), resume, on_iteration)
+        return _train(cfg, Path(out_dir), resume, list(callbacks))
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike],
-           on_iteration: Optional[Callable[[int], None]]) -> Dict[str, Any]:
+def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike], callbacks: List[Callback]) -> Dict[str, Any]:
     t, d = cfg.train, cfg.data
     world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's environment
     rank, local_world = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
@@ -372,8 +361,8 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike],
         raise ConfigError("train.device is 'cuda' but no CUDA device is available")
 
     train_set = ADE20KDataset(d.root, d.train_split, d.num_classes, _augment(cfg), seed=t.seed, rank=rank)
-    val_set = ADE20KEvalDataset(d.root, d.val_split, d.num_classes, _augment(cfg))
-    val_set.indices = val_set.indices[rank::world]
+    val_all = ADE20KDataset(d.root, d.val_split, d.num_classes, _augment(cfg), train=False)
+    val_set = Subset(val_all, range(rank, len(val_all), world))
     L.seed_everything(t.seed, verbose=False)
     module = SegmentationModule(cfg, class_names(d.root, d.num_classes))
     # which parameters get no gradient depends on the architecture, not the size: a small CPU probe will do
@@ -382,7 +371,7 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike],
     train_loader = DataLoader(train_set, batch_size=batch, sampler=sampler, num_workers=d.workers,
                               pin_memory=device == "cuda", generator=torch.Generator().manual_seed(t.seed),
                               persistent_workers=d.workers > 0)
-    val_loader = DataLoader(val_set, batch_size=1, num_workers=d.workers, generator=torch.Generator().manual_seed(t.seed))
+    val_loader = DataLoader(val_set, batch_size=1, num_workers=d.workers)
 
     loggers: List[Any] = [CSVLogger(out, name="", version="", flush_logs_every_n_steps=t.log_interval)]
     if t.tensorboard:
@@ -396,14 +385,13 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike],
             loggers[0].experiment.metrics[:0] = kept
         (out / "config.yaml").write_text(cfg.dump(), encoding="utf-8")
         print(f"{cfg.model.arch} + {cfg.model.encoder}: {sum(p.numel() for p in module.parameters()):,} parameters, "
-              f"{len(train_set)} training / {len(val_set) * world} validation images, batch {t.batch_size} "
+              f"{len(train_set)} training / {len(val_all)} validation images, batch {t.batch_size} "
               f"({world} process(es) x {t.grad_accum} accumulation x {batch}), device {device}, "
               f"iterations {start}->{t.iterations}", flush=True)
-    strategy = DDPStrategy(find_unused_parameters=bool(unused), process_group_backend="nccl" if device == "cuda"
-                           else "gloo") if world > 1 else "auto"
-    callbacks = [_StopOnSignal(ckpt_path, on_iteration), LearningRateMonitor("step"),
-                 ModelCheckpoint(out, every_n_train_steps=t.checkpoint_interval, save_top_k=0, save_last=True,
-                                 enable_version_counter=False)]
+    strategy = DDPStrategy(find_unused_parameters=bool(unused)) if world > 1 else "auto"  # nccl on CUDA, else gloo
+    callbacks += [_StopOnSignal(ckpt_path), LearningRateMonitor("step"),
+                  ModelCheckpoint(out, every_n_train_steps=t.checkpoint_interval, save_top_k=0, save_last=True,
+                                  enable_version_counter=False)]
     trainer = L.Trainer(
         accelerator=device, devices=local_world, num_nodes=world // local_world, strategy=strategy,
         precision=("16-mixed" if device == "cuda" else "bf16-mixed") if t.amp else "32-true",

@@ -23,7 +23,7 @@ from seg_plugin.toy_data import generate
 
 REPO = Path(__file__).resolve().parent.parent
 CLS_CONFIG = REPO / "configs" / "classification" / "toy.yaml"
-SEG_CONFIG = REPO / "configs" / "segmentation" / "toy_fpn_fec_s.yaml"
+SEG_CONFIG = REPO / "configs" / "segmentation" / "toy_linknet_fec_s.yaml"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,7 +47,7 @@ def train_classification(root: Path, out: Path) -> float:
 
 
 def train_segmentation(root: Path, out: Path) -> float:
-    """The toy recipe (configs/segmentation/toy_fpn_fec_s.yaml: Linknet + fec_s) on ``root``; the final mIoU (%).
+    """The toy recipe (configs/segmentation/toy_linknet_fec_s.yaml: Linknet + fec_s) on ``root``; the final mIoU (%).
 
     The one place these tests call the segmentation trainer."""
     from seg_plugin.train_ade20k import load_config, train

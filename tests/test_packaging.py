@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_lookup_in_the_checkout():
     names = list_configs()
-    assert "detectron2/mask_rcnn_fec_s_fpn_1x_coco.yaml" in names and "segmentation/toy_fpn_fec_s.yaml" in names
+    assert "detectron2/mask_rcnn_fec_s_fpn_1x_coco.yaml" in names and "segmentation/toy_linknet_fec_s.yaml" in names
     assert len(names) == len(list((ROOT / "configs").rglob("*.yaml")))
     assert get_config_file("configs/classification/toy.yaml") == str(ROOT / "configs" / "classification" / "toy.yaml")
     with pytest.raises(FileNotFoundError, match="available: detectron2/Base-FEC-RCNN-FPN.yaml"):

@@ -12,7 +12,6 @@ from PIL import Image
 from seg_plugin.data import (
     IGNORE_INDEX,
     ADE20KDataset,
-    ADE20KEvalDataset,
     AugmentConfig,
     SegDataError,
     class_names,
@@ -153,7 +152,7 @@ def test_train_sample_follows_the_reference_pipeline(toy):
 def test_eval_sample_keeps_original_labels(toy):
     """Labels stay at the original size; the image is rescaled as mmseg's keep-ratio Resize does (the
     largest factor with long side <= 256 and short side <= 64, rounded), then sized up to multiples of 32."""
-    data = ADE20KEvalDataset(toy, "validation", 4, TOY_AUG)
+    data = ADE20KDataset(toy, "validation", 4, TOY_AUG, train=False)
     for i in range(len(data)):
         image, labels = data[i]
         _, raw = read_pair(*data.pairs[i], 4)

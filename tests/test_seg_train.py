@@ -14,16 +14,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
 from fec_backbone.checkpoint import CheckpointError
 from fec_backbone.training import ResumeConfigError
 from seg_plugin.toy_data import generate
-from seg_plugin.train_ade20k import CHECKPOINT, ConfigError, _unused_parameters, build_model, load_config, train
+from seg_plugin.train_ade20k import (CHECKPOINT, ConfigError, SegmentationModule, _unused_parameters, build_model,
+                                     load_config, train)
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "segmentation"
-TOY_CONFIG = CONFIGS / "toy_fpn_fec_s.yaml"
+TOY_CONFIG = CONFIGS / "toy_linknet_fec_s.yaml"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -86,13 +88,14 @@ def test_interrupted_run_resumes_to_the_identical_result(toy, tmp_path):
                 "train.eval_at_start": False, "train.log_interval": 1, "train.grad_accum": 2}
     straight = train(toy_config(toy, **settings), tmp_path / "straight")
 
-    def crash(iteration):
-        if iteration == 6:
-            raise RuntimeError("simulated crash")
+    class Crash(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 6:
+                raise RuntimeError("simulated crash")
 
     interrupted_cfg = toy_config(toy, **settings, **{"data.workers": 1})
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(interrupted_cfg, tmp_path / "resumed", on_iteration=crash)
+        train(interrupted_cfg, tmp_path / "resumed", callbacks=[Crash()])
     assert torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)["global_step"] == 4
     resumed = train(interrupted_cfg, tmp_path / "resumed", resume=tmp_path / "resumed" / CHECKPOINT)
 
@@ -170,6 +173,15 @@ def test_ddp_under_torchrun_with_amp_and_accumulation(toy, tmp_path):
     assert not torch.equal(saved["rng"][0]["torch"], saved["rng"][1]["torch"])  # each rank's own generator
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
     assert [r["step"] for r in rows(out / "metrics.csv", "train/loss")] == ["1", "3"]
+
+
+def test_evaluation_metrics_leave_out_absent_classes(toy):
+    """mIoU averages the classes present in labels or predictions (as mmseg); an absent class's IoU is NaN."""
+    module = SegmentationModule(toy_config(toy), ["ground", "common", "odd"])
+    module.metrics.update(torch.tensor([[0, 0, 1, 1]]), torch.tensor([[0, 1, 1, 255]]))  # 255: ignored
+    result = module.metrics.compute()
+    assert result["IoU"][:2].tolist() == [0.5, 0.5] and result["IoU"][2].isnan()
+    assert float(result["mIoU"]) == 0.5 and float(result["aAcc"]) == pytest.approx(2 / 3)
 
 
 def test_unused_parameters_are_detected_for_ddp(toy):

@@ -14,8 +14,7 @@ import seg_plugin
 from fec_backbone.checkpoint import CheckpointError
 from fec_backbone.checkpoint import map_official_key
 from helpers import official_state_dict
-from seg_plugin import hub
-from seg_plugin.weights import main as weights_cli
+from seg_plugin import weights
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -68,9 +67,9 @@ def test_without_weights_the_error_says_what_to_do(hf_cache):
 
 def test_install_then_smp_default_loads_the_weights_offline(hf_cache, official, capsys):
     path, state = official
-    assert weights_cli(["install", "--checkpoint", str(path)]) == 0
+    assert weights.main(["install", "--checkpoint", str(path)]) == 0
     assert "installed fec_s ImageNet weights" in capsys.readouterr().out
-    installed = hub.installed_path("fec_s")
+    installed = weights.installed_path("fec_s")
     assert installed is not None and installed.is_relative_to(hf_cache)
     model = smp.Unet(encoder_name="fec_s")  # smp's default encoder_weights="imagenet"
     assert_encoder_holds(model.encoder, state)
@@ -81,12 +80,12 @@ def test_install_then_smp_default_loads_the_weights_offline(hf_cache, official, 
     assert smp.encoders.get_preprocessing_params("fec_s")["mean"] == [0.485, 0.456, 0.406]
     config = json.loads((installed.parent / "config.json").read_text())
     assert config["variant"] == "fec_small" and config["source_checkpoint"] == str(path)
-    assert weights_cli(["status"]) == 0
+    assert weights.main(["status"]) == 0
     assert f"fec_s (fec_small): {installed}" in capsys.readouterr().out
 
 
 def test_trained_model_reloads_without_the_imagenet_weights(hf_cache, official, tmp_path, monkeypatch):
-    hub.install(official[0])
+    weights.install(official[0])
     model = smp.FPN("fec_s", classes=3).eval()  # config records encoder_weights="imagenet"
     model.save_pretrained(tmp_path / "trained")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
@@ -100,7 +99,7 @@ def test_trained_model_reloads_without_the_imagenet_weights(hf_cache, official, 
 
 def test_weights_with_other_in_channels_and_shallower_depth(hf_cache, official):
     path, state = official
-    hub.install(path, "fec_s")
+    weights.install(path, "fec_s")
     one = smp.Unet("fec_s", in_channels=1, encoder_depth=3, decoder_channels=(64, 32, 16))
     stem = state["patch_embed.proj.weight"]
     assert torch.allclose(one.encoder.stem.proj.weight[:, :1], stem[:, :3].sum(1, keepdim=True))
@@ -111,7 +110,7 @@ def test_weights_with_other_in_channels_and_shallower_depth(hf_cache, official):
 
 def test_custom_encoder_params_share_the_weights(hf_cache, official):
     path, state = official
-    hub.install(path, "fec_s")
+    weights.install(path, "fec_s")
     name = seg_plugin.register_encoder("fec_s_test_weights", "fec_s", proposals=(7, 7, 7, 7))
     try:
         encoder = smp.Unet(name).encoder
@@ -122,38 +121,38 @@ def test_custom_encoder_params_share_the_weights(hf_cache, official):
 
 
 def test_other_variants_say_they_are_not_installed(hf_cache, official):
-    hub.install(official[0], "fec_s")
+    weights.install(official[0], "fec_s")
     with pytest.raises(seg_plugin.WeightsNotInstalledError, match="encoder 'fec_b' are not installed"):
         smp.FPN("fec_b")
 
 
 def test_wrong_variant_and_bad_files_are_explained(hf_cache, official, tmp_path, capsys):
     path, _ = official
-    assert weights_cli(["install", "--checkpoint", str(path), "--encoder", "fec_b"]) == 2
+    assert weights.main(["install", "--checkpoint", str(path), "--encoder", "fec_b"]) == 2
     err = capsys.readouterr().err
     assert "is an fec_small checkpoint (smp encoder fec_s), not fec_base (fec_b)" in err
-    assert hub.installed_path("fec_b") is None
+    assert weights.installed_path("fec_b") is None
     broken = tmp_path / "broken.pth"
     broken.write_bytes(b"not a checkpoint")
-    assert weights_cli(["install", "--checkpoint", str(broken)]) == 2
+    assert weights.main(["install", "--checkpoint", str(broken)]) == 2
     assert "cannot read checkpoint" in capsys.readouterr().err
     other = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(3, 3)}, other)
     with pytest.raises(CheckpointError, match="no FEC weights in this checkpoint"):
-        hub.install(other)
+        weights.install(other)
     pruned = tmp_path / "pruned.pth"
     torch.save({k: v for k, v in official[1].items() if not k.startswith("network.6.")}, pruned)
     with pytest.raises(CheckpointError, match="fits none of the FEC variants"):
-        hub.install(pruned)
-    assert weights_cli(["install", "--checkpoint", str(tmp_path / "missing.pth")]) == 2
+        weights.install(pruned)
+    assert weights.main(["install", "--checkpoint", str(tmp_path / "missing.pth")]) == 2
     assert "checkpoint file not found" in capsys.readouterr().err
 
 
 def test_reinstall_is_atomic_and_idempotent(hf_cache, official):
     path, state = official
-    first = hub.install(path)
+    first = weights.install(path)
     blob = first.resolve()
-    second = hub.install(path)
+    second = weights.install(path)
     assert first == second and second.resolve() == blob
     leftovers = [p for p in hf_cache.rglob("*") if p.name.endswith(".tmp")]
     assert not leftovers

@@ -35,7 +35,7 @@ class TestFecEncoder(encoder_base.BaseEncoderTester):
 
 class _Fec:
     """Mix-in: smp's model tester with the FEC encoder (ImageNet weights: the stand-in installed by
-    conftest.py through ``seg_plugin.hub``, as smp's own tests load published test weights)."""
+    conftest.py through ``seg_plugin.weights``, as smp's own tests load published test weights)."""
 
     test_encoder_name = "fec_s"
     files_for_diff = FILES

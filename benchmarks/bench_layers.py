@@ -3,7 +3,7 @@ detection (batch 2) and classification (batch 128) shapes of FEC's first stage, 
 
 * the single-group norm (:mod:`fec_backbone.norm`; the figures behind ``choose_formulation``);
 * the region centres, ``F.adaptive_avg_pool2d`` vs the bin-matrix products of
-  :func:`fec_backbone.fec.adaptive_mean_nhwc` (products on CUDA, the pool on the CPU).
+  :func:`fec_backbone.fec.adaptive_mean_nhwc` (the figures behind ``centres_by_products``).
 
     python benchmarks/bench_layers.py                     # CUDA if present, else CPU
     python benchmarks/bench_layers.py --device cpu --scale 0.5 --iters 5
@@ -17,10 +17,11 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fec_backbone.fec import adaptive_mean_nhwc  # noqa: E402
+from fec_backbone.fec import adaptive_mean_nhwc, to_nchw, to_nhwc  # noqa: E402
 from fec_backbone.norm import FORMULATIONS, choose_formulation, group_norm1_nhwc  # noqa: E402
 
 SHAPES = ((2, 200, 336, 32), (128, 56, 56, 32))
@@ -72,11 +73,12 @@ def main() -> None:
             x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
             grad = torch.randn(b, *grid, c, device=device, dtype=dtype)
             row = []
-            for products in (False, True):
+            pool = lambda: to_nhwc(F.adaptive_avg_pool2d(to_nchw(x), grid))  # noqa: E731
+            for name, fn in (("adaptive pool", pool), ("products", lambda: adaptive_mean_nhwc(x, grid))):
                 def step() -> None:
-                    adaptive_mean_nhwc(x, grid, products=products).backward(grad)
+                    fn().backward(grad)
 
-                row.append(f"{'products' if products else 'adaptive pool'} {_time(step, device, args.iters) * 1e3:.3f} ms")
+                row.append(f"{name} {_time(step, device, args.iters) * 1e3:.3f} ms")
             print(f"centres {list(shape)} -> {grid} {str(dtype).replace('torch.', '')} on {device.type}: {' | '.join(row)}")
 
 

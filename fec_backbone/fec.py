@@ -127,7 +127,8 @@ def region_centres(fv: torch.Tensor, heads: int, proposals: Tuple[int, int], fol
     ``fv`` ``[B, H, W, 2*heads*C]`` (f and v channels) -> ``[2, B*heads*fh*fw, ph*pw, C]`` in the group
     order of :func:`split_regions`. One adaptive average pool over the whole map with grid
     ``(fh*ph, fw*pw)`` gives exactly each region's own ``(ph, pw)`` grid, because a region's bins
-    ``[floor(i*h/ph), ceil((i+1)*h/ph))`` are the whole map's bins shifted by the region's offset.
+    ``[floor(i*h/ph), ceil((i+1)*h/ph))`` are the whole map's bins shifted by the region's offset. The
+    pool is :func:`adaptive_mean_nhwc`, whose backward keeps no copy of ``fv``.
     """
     b, h, w, _ = fv.shape
     (ph, pw), (fh, fw) = proposals, folds
@@ -138,27 +139,43 @@ def region_centres(fv: torch.Tensor, heads: int, proposals: Tuple[int, int], fol
     return pooled.reshape(2, b * heads * fh * fw, ph * pw, pooled.shape[-1])
 
 
+@register_notrace_function
+def block_centres(
+    fv: torch.Tensor, split: torch.Tensor, heads: int, proposals: Tuple[int, int], folds: Tuple[int, int]
+) -> torch.Tensor:
+    """A block's centres ``[2, G, ph*pw, C]`` from its fused map ``fv`` ``[B, H, W, 2*heads*C]`` by
+    :func:`region_centres`, or from the split copy ``split`` ``[2, G, h, w, C]`` by adaptive average
+    pooling, as :func:`centres_by_products` decides."""
+    if centres_by_products(fv):
+        return region_centres(fv, heads, proposals, folds)
+    _, g, h, w, c = split.shape
+    return _centres(split.view(2 * g, h, w, c), proposals).view(2, g, -1, c)
+
+
+def centres_by_products(fv: torch.Tensor) -> bool:
+    """Whether a block pools its centres from its fused map ``fv`` with :func:`region_centres` (bin-matrix
+    products) rather than with ``F.adaptive_avg_pool2d`` over its split copy.
+
+    From one H200 (``benchmarks/bench_layers.py``, forward + backward of a stage-1 map of 192 channels):
+    products on CUDA below the norm's batch threshold (:data:`~fec_backbone.norm.CUDA_LAYER_NORM_MIN_BATCH`),
+    where the channels-last pool kernel is slow for a small grid over a large map (detection,
+    [2, 200, 336] -> 14x14: pool 1.97 ms, products 1.02 ms in bf16), and the pool elsewhere (batch 128,
+    [128, 56, 56] -> 4x4: 0.71 vs 1.23 ms; on the CPU the pool is faster too and keeps fvcore's FLOP
+    count equal to the official code's). The pool reads the split copy because its backward keeps its
+    input, which the rest of the block keeps anyway; the fused map is then freed."""
+    return fv.is_cuda and fv.shape[0] < CUDA_LAYER_NORM_MIN_BATCH
+
+
 def _bin_members(size: int, bins: int, device: torch.device) -> torch.Tensor:
     """``[bins, size]`` 0/1 matrix: row ``i`` marks adaptive pooling's bin ``[floor(i*size/bins), ceil((i+1)*size/bins))``."""
     i, pos = torch.arange(bins, device=device).unsqueeze(1), torch.arange(size, device=device)
     return ((pos >= i * size // bins) & (pos < ((i + 1) * size + bins - 1) // bins)).float()
 
 
-def adaptive_mean_nhwc(x: torch.Tensor, grid: Tuple[int, int], products: Optional[bool] = None) -> torch.Tensor:
-    """``F.adaptive_avg_pool2d`` of a channels-last map ``[B, H, W, C]`` -> ``[B, gh, gw, C]``.
-
-    With ``products`` it is two matrix products with 0/1 bin matrices, whose sums are divided by the
-    bin sizes afterwards (low precision rounds no 1/size weight). The default, from one H200
-    (``benchmarks/bench_layers.py``, forward + backward of a stage-1 map of 192 channels), is the
-    products on CUDA below the norm's batch threshold (:data:`~fec_backbone.norm.CUDA_LAYER_NORM_MIN_BATCH`)
-    and the pool elsewhere: the channels-last pool kernel is slow for a small grid over a large map
-    (detection, [2, 200, 336] -> 14x14: pool 1.97 ms, products 1.02 ms in bf16) but not at batch 128
-    ([128, 56, 56] -> 4x4: 0.71 vs 1.23 ms). On the CPU the pool also keeps fvcore's FLOP count equal to
-    the official code's."""
-    if products is None:
-        products = x.is_cuda and x.shape[0] < CUDA_LAYER_NORM_MIN_BATCH
-    if not products:
-        return to_nhwc(F.adaptive_avg_pool2d(to_nchw(x), grid))
+def adaptive_mean_nhwc(x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d`` of a channels-last map as two matrix products with 0/1 bin matrices:
+    ``[B, H, W, C]`` -> ``[B, gh, gw, C]``. The sums are divided by the bin sizes afterwards, so low
+    precision rounds no 1/size weight, and autograd keeps only the bin matrices, not ``x``."""
     b, h, w, c = x.shape
     rows, cols = _bin_members(h, grid[0], x.device), _bin_members(w, grid[1], x.device)
     sums = torch.matmul(cols.to(x.dtype), x.reshape(b * h, w, c))  # [B*H, gw, C]
@@ -207,7 +224,8 @@ class ClusterMixer(nn.Module):
     """Token mixer of a block: multi-head clustering of the pixels of a map. ``[B, H, W, C]`` in and out.
 
     ``f`` (similarity features) and ``v`` (values) run as one matrix product; heads and fold regions
-    are split in one copy; the clustering itself is :func:`~fec_backbone.cluster_ops.cluster_mix`.
+    are split in one copy; centres come from :func:`block_centres`; the clustering itself is
+    :func:`~fec_backbone.cluster_ops.cluster_mix`.
     """
 
     def __init__(
@@ -237,11 +255,12 @@ class ClusterMixer(nn.Module):
         b, h, w, _ = x.shape
         weight = torch.cat((self.f.weight, self.v.weight)).flatten(1)
         fv = F.linear(x, weight, torch.cat((self.f.bias, self.v.bias)))
-        centres = region_centres(fv, self.heads, self.proposals, self.folds)
-        fv = split_regions(fv.view(b, h, w, 2, self.heads, self.head_dim), self.folds)
-        _, g, rh, rw, c = fv.shape
+        split = split_regions(fv.view(b, h, w, 2, self.heads, self.head_dim), self.folds)
+        centres = block_centres(fv, split, self.heads, self.proposals, self.folds)
+        _, g, rh, rw, c = split.shape
         out, index = cluster_mix(
-            fv[0].view(g, rh * rw, c), centres[0], fv[1].view(g, rh * rw, c), centres[1], self.sim_alpha, self.sim_beta
+            split[0].view(g, rh * rw, c), centres[0], split[1].view(g, rh * rw, c), centres[1], self.sim_alpha,
+            self.sim_beta,
         )
         if self.recorder is not None:
             self.recorder(self, index, (rh, rw))

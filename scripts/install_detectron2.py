@@ -65,7 +65,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 OFFICIAL_GIT_URL = "https://github.com/facebookresearch/detectron2.git"
 OFFICIAL_PIP_SPEC = "git+" + OFFICIAL_GIT_URL
@@ -239,14 +239,19 @@ def ensure_main_wheel(cache: Path, archive: Path, info: Dict[str, object]) -> Pa
         out = Path(tmp) / "wheel"
         log(f"building {archive.name} with its compiled ops (a few minutes, once per torch version)")
         # No build isolation: the ops are compiled against the environment's own torch.
-        proc = run(pip_cmd("wheel", "--no-deps", "--no-build-isolation", str(archive), "-w", str(out)),
-                   BUILD_TIMEOUT_S, cwd=tmp)
-        built = sorted(out.glob("detectron2-*.whl"))
-        if proc.returncode != 0 or not built:
-            raise InstallError(f"building {archive.name} failed (pip exit {proc.returncode})")
-        final = wheel_dir / built[0].name
-        shutil.copy2(built[0], str(final) + ".part")
-        os.replace(str(final) + ".part", final)
+        return _build_wheel(archive, out, wheel_dir, BUILD_TIMEOUT_S, f"building {archive.name}", cwd=tmp)
+
+
+def _build_wheel(source: Path, out: Path, wheel_dir: Path, timeout: float, what: str, **kwargs: Any) -> Path:
+    """``pip wheel`` ``source`` into ``out`` (no dependencies, no build isolation) and copy the wheel into
+    the cache ``wheel_dir`` atomically; returns the cached wheel. ``kwargs`` go to :func:`run`."""
+    proc = run(pip_cmd("wheel", "--no-deps", "--no-build-isolation", str(source), "-w", str(out)), timeout, **kwargs)
+    built = sorted(out.glob("detectron2-*.whl"))
+    if proc.returncode != 0 or not built:
+        raise InstallError(f"{what} failed (pip exit {proc.returncode})")
+    final = wheel_dir / built[0].name
+    shutil.copy2(built[0], str(final) + ".part")
+    os.replace(str(final) + ".part", final)
     return final
 
 
@@ -368,15 +373,7 @@ def ensure_wheel(cache: Path, sdist: Path) -> Path:
         env.pop("BUILD_NIGHTLY", None)  # would rewrite detectron2/__init__.py
         # No build isolation: setup.py imports torch, which must be the
         # environment's own (and no extension is built anyway).
-        proc = run(pip_cmd("wheel", "--no-deps", "--no-build-isolation", str(src), "-w", str(out)),
-                   PIP_TIMEOUT_S, env=env, cwd=tmp)
-        built = sorted(out.glob("detectron2-*.whl"))
-        if proc.returncode != 0 or not built:
-            raise InstallError(f"building the pure-Python wheel failed (pip exit {proc.returncode})")
-        final = wheel_dir / built[0].name
-        shutil.copy2(built[0], str(final) + ".part")
-        os.replace(str(final) + ".part", final)
-    return final
+        return _build_wheel(src, out, wheel_dir, PIP_TIMEOUT_S, "building the pure-Python wheel", env=env, cwd=tmp)
 
 
 def install_fallback(cache: Path, need_setuptools_pin: bool) -> None:

@@ -218,19 +218,48 @@ def test_region_centres_from_the_whole_map_equal_per_region_pooling(size, propos
 @pytest.mark.parametrize("size,grid", [((200, 336), (14, 14)), ((13, 11), (7, 5)), ((5, 3), (7, 7))])
 def test_adaptive_mean_nhwc_is_adaptive_avg_pool(size, grid):
     """The bin-matrix products equal ``F.adaptive_avg_pool2d``, overlapping bins and a grid finer than
-    the map included, gradients too (float64); bfloat16 within its own rounding."""
+    the map included, gradients too (float64); bfloat16 within its own rounding; and autograd keeps
+    no copy of the input (the fused map it reads would otherwise outlive the block's forward)."""
     from fec_backbone.fec import adaptive_mean_nhwc
 
     x = torch.randn(2, *size, 6, dtype=torch.float64, requires_grad=True)
-    ours = adaptive_mean_nhwc(x, grid, products=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        ours = adaptive_mean_nhwc(x, grid)
+    size = x.untyped_storage().nbytes()
+    assert not [t.shape for t in saved if t.untyped_storage().nbytes() >= size]  # bin matrices only
     ref = torch.nn.functional.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), grid).permute(0, 2, 3, 1)
-    assert torch.equal(adaptive_mean_nhwc(x, grid), ref)  # the CPU default is the pool itself
     assert ours.shape == ref.shape and rel_err(ours, ref) < 1e-14
     upstream = torch.randn_like(ref)
     (mine,), (theirs,) = (torch.autograd.grad(t, x, upstream) for t in (ours, ref))
     assert rel_err(mine, theirs) < 1e-14
-    low = adaptive_mean_nhwc(x.detach().bfloat16(), grid, products=True)
+    low = adaptive_mean_nhwc(x.detach().bfloat16(), grid)
     assert low.dtype == torch.bfloat16 and rel_err(low.double(), ref) < 2e-2
+
+
+@pytest.mark.parametrize("products", [False, True])
+def test_block_keeps_no_copy_of_the_fused_map(products, monkeypatch):
+    """Whichever way a block pools its centres, the fused f/v map ``[B, H, W, 2*heads*C]`` is freed once
+    the forward has split it (autograd keeps the split copy): at 224 px, batch 32, keeping both cost
+    300 MiB on the CPU."""
+    import gc
+    import weakref
+
+    from fec_backbone import fec
+
+    fused = []
+
+    def spy(x, folds):
+        fused.append(weakref.ref(x._base if x._base is not None else x))
+        return split_regions(x, folds)
+
+    split_regions = fec.split_regions
+    monkeypatch.setattr(fec, "split_regions", spy)
+    monkeypatch.setattr(fec, "centres_by_products", lambda fv: products)
+    mixer = fec.ClusterMixer(dim=16, heads=2, head_dim=8, proposals=2, folds=1).double()
+    out = mixer(torch.randn(2, 8, 8, 16, dtype=torch.float64, requires_grad=True))
+    gc.collect()
+    assert out.grad_fn is not None and len(fused) == 1 and fused[0]() is None
 
 
 def _aten_ops(fn) -> set:

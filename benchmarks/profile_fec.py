@@ -2,7 +2,9 @@
 
 Prints the operators with the most self time (CUDA time on a GPU, CPU time otherwise) and the share of
 the step spent in each part of the model (stem, clustering step, norms, projections, MLP), so a change
-can be judged by what it removes. ``--trace`` also writes a Chrome trace.
+can be judged by what it removes; and the number of aten ops per forward+backward, which bounds a small-batch GPU
+step through the host's time to issue them (measured on an H200 at batch 2: ``benchmarks/results``).
+``--trace`` also writes a Chrome trace.
 
     python benchmarks/profile_fec.py                          # CPU: batch 8 at 224 px
     python benchmarks/profile_fec.py --device cuda --batch 128 --backend triton --bf16
@@ -18,13 +20,14 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 import timm  # noqa: E402
 
 import fec_backbone  # noqa: E402,F401
 from fec_backbone import cluster_ops  # noqa: E402
-from fec_backbone.fec import ClusterMixer, ClusterPool, Stem, TokenGroupNorm1
+from fec_backbone.fec import ClusterMixer, ClusterPool, Stem, TokenGroupNorm1  # noqa: E402
+from helpers import VIEW_OPS, aten_op_counts  # noqa: E402
 from timm.layers import Mlp  # noqa: E402
 
 PARTS = {Stem: "stem", ClusterMixer: "cluster mixer", ClusterPool: "cluster pool", Mlp: "mlp", TokenGroupNorm1: "norm"}
@@ -64,10 +67,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     x = torch.randn(args.batch, 3, *args.size, device=device).to(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (args.batch,), device=device)
 
-    def step() -> None:
+    def forward_backward() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
+
+    def step() -> None:
+        forward_backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -92,6 +98,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     for e in sorted((e for e in events if e.key.startswith("part: ")), key=lambda e: -getattr(e, forward_attr)):
         print(f"  {e.key[6:]:<14}{getattr(e, forward_attr) / 1e3:>10.1f} ms  {getattr(e, forward_attr) / total:>6.1%}")
     print(f"  {'whole step':<14}{total / 1e3:>10.1f} ms")
+    ops = aten_op_counts(forward_backward)
+    model.zero_grad(set_to_none=True)
+    kernels = sum(n for name, n in ops.items() if name not in VIEW_OPS)
+    print(f"aten ops per forward+backward: {sum(ops.values())}, of which {kernels} are not views (on a GPU, one "
+          "launch or more each: at small batches the host's time to issue them bounds the step)")
     if args.trace:
         prof.export_chrome_trace(args.trace)
         print(f"trace written to {args.trace}")

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from collections import Counter
+from typing import Callable, Dict, Optional, Tuple
 
 import timm
 import torch
@@ -34,6 +35,27 @@ def rel_err(a: torch.Tensor, b: torch.Tensor, scale: Optional[float] = None) -> 
     if ref == 0.0:
         return 0.0 if excess == 0.0 else math.inf
     return excess / ref
+
+
+#: aten ops that only make views or metadata: no kernel launch on a GPU.
+VIEW_OPS = frozenset({"view", "_unsafe_view", "reshape", "_reshape_alias", "t", "transpose", "permute", "expand",
+                      "unsqueeze", "squeeze", "select", "slice", "split", "unbind", "as_strided", "alias", "detach"})
+
+
+def aten_op_counts(fn: Callable[[], object]) -> Counter:
+    """How often ``fn()`` calls each aten op (by name), its backward included when ``fn`` runs one."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts: Counter = Counter()
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            counts[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        fn()
+    return counts
 
 
 def randomize_scalars(model: torch.nn.Module) -> None:

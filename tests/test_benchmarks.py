@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -40,6 +41,8 @@ def test_profile_script_attributes_time_to_model_parts():
     out = _run("benchmarks/profile_fec.py", "--batch", "2", "--size", "64", "64", "--top", "5")
     for part in ("cluster mixer", "cluster pool", "mlp", "norm", "stem", "whole step"):
         assert part in out
+    total, kernels = map(int, re.search(r"aten ops per forward\+backward: (\d+), of which (\d+)", out).groups())
+    assert 1000 < kernels < total  # FEC-S: about 4,600 ops, most of them kernels
 
 
 OFFICIAL = os.environ.get("FEC_OFFICIAL_FEC")  # a saved copy of the official models/fec.py (never committed)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fec_backbone import cluster_ops
-from helpers import assert_backend_matches_torch, rel_err
+from helpers import aten_op_counts, assert_backend_matches_torch, rel_err
 from reference_fec import dense_cluster
 
 REQUIRE_SCATTER = os.environ.get("FEC_REQUIRE_TORCH_SCATTER") == "1"
@@ -264,17 +264,7 @@ def test_block_keeps_no_copy_of_the_fused_map(products, monkeypatch):
 
 def _aten_ops(fn) -> set:
     """Names of the aten ops that ``fn`` runs, backward included."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.add(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
-
-    seen: set = set()
-    with Record():
-        fn()
-    return seen
+    return set(aten_op_counts(fn))
 
 
 def test_matmul_backend_runs_no_scatter_for_few_centres_and_falls_back_for_many():

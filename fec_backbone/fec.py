@@ -258,10 +258,8 @@ class ClusterMixer(nn.Module):
         split = split_regions(fv.view(b, h, w, 2, self.heads, self.head_dim), self.folds)
         centres = block_centres(fv, split, self.heads, self.proposals, self.folds)
         _, g, rh, rw, c = split.shape
-        out, index = cluster_mix(
-            split[0].view(g, rh * rw, c), centres[0], split[1].view(g, rh * rw, c), centres[1], self.sim_alpha,
-            self.sim_beta,
-        )
+        (f, v), (f_centres, v_centres) = split.view(2, g, rh * rw, c).unbind(), centres.unbind()  # one stack backward
+        out, index = cluster_mix(f, f_centres, v, v_centres, self.sim_alpha, self.sim_beta)
         if self.recorder is not None:
             self.recorder(self, index, (rh, rw))
         return _linear(merge_regions(out.view(g, rh, rw, c), b, self.folds), self.proj)
@@ -366,7 +364,8 @@ class ClusterPool(nn.Module):
         _, g, h, w, d = both.shape
         grid = (h // self.rate, w // self.rate)
         centres = _centres(both.view(2 * g, h, w, d), grid).view(2, g, -1, d)
-        out, index = cluster_pool(both[0].view(g, h * w, d), centres[0], both[1].view(g, h * w, d), centres[1])
+        (f, v), (f_centres, v_centres) = both.view(2, g, h * w, d).unbind(), centres.unbind()
+        out, index = cluster_pool(f, f_centres, v, v_centres)
         if self.recorder is not None:
             self.recorder(self, index, (h, w))
         if self.dilated:

@@ -194,6 +194,17 @@ def _linear(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
     return F.linear(x, conv.weight.flatten(1), conv.bias)
 
 
+def coordinate_ramp(length: int, size: int, device: torch.device) -> torch.Tensor:
+    """``[length]`` float32 coordinates ``i / (size - 1) - 0.5``, the same bits on every device.
+
+    They equal the official code's, which divides in float32 on the CPU (correctly rounded). On CUDA,
+    PyTorch divides a tensor by a Python number as a multiplication by its float32 reciprocal, one
+    rounding more, which moved some coordinates by one float32 ulp and a float64 model's output by
+    ~1e-8. The quotient is therefore formed in float64 and rounded once to float32: for sizes below
+    2**24 that rounding gives the correctly rounded float32 quotient on any device."""
+    return (torch.arange(length, device=device, dtype=torch.float64) / (size - 1.0)).float() - 0.5
+
+
 class Stem(nn.Module):
     """Append normalised row/column coordinates (in [-0.5, 0.5]) and embed with a stride-4 conv.
 
@@ -211,8 +222,7 @@ class Stem(nn.Module):
         0.5). Default: ``x``'s own size."""
         b, _, hp, wp = x.shape
         h, w = (hp, wp) if size is None else size
-        rows = torch.arange(hp, device=x.device, dtype=torch.float32) / (h - 1.0) - 0.5
-        cols = torch.arange(wp, device=x.device, dtype=torch.float32) / (w - 1.0) - 0.5
+        rows, cols = coordinate_ramp(hp, h, x.device), coordinate_ramp(wp, w, x.device)
         coords = torch.stack(
             (rows.view(hp, 1).expand(hp, wp), cols.view(1, wp).expand(hp, wp)), dim=0
         ).to(x.dtype)

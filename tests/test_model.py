@@ -196,6 +196,29 @@ def test_in_chans():
     assert model(torch.randn(2, 1, 64, 64)).shape == (2, 1000)
 
 
+def test_stem_coordinates_are_the_official_bits_on_any_device():
+    """The stem's coordinate ramps are the official code's float32 quotients ``i / (size - 1)`` (divided
+    correctly rounded, on the CPU), whatever device computes them. CUDA divides by a Python number as
+    ``a * (1 / b)``; emulated here in both precisions: in float32 (as the stem once computed) some
+    coordinates move by one ulp, in float64 rounded to float32 (:func:`coordinate_ramp`) none do."""
+    import numpy as np
+
+    from fec_backbone.fec import coordinate_ramp
+
+    moved = 0
+    for size in range(2, 2050):
+        i = np.arange(size)
+        official = i.astype(np.float32) / np.float32(size - 1) - np.float32(0.5)
+        cuda64 = (i.astype(np.float64) * (1.0 / (size - 1))).astype(np.float32) - np.float32(0.5)
+        cuda32 = i.astype(np.float32) * (np.float32(1.0) / np.float32(size - 1)) - np.float32(0.5)
+        assert np.array_equal(cuda64, official), size
+        assert np.array_equal(coordinate_ramp(size, size, torch.device("cpu")).numpy(), official), size
+        moved += int((cuda32 != official).any())
+    assert moved > 100  # the float32 reciprocal is a real difference, not one this test cannot see
+    padded = coordinate_ramp(40, 32, torch.device("cpu"))
+    assert padded.dtype == torch.float32 and padded[31] == 0.5 and padded[-1] > 0.5
+
+
 def test_gradient_checkpointing_gives_same_gradients():
     model = timm.create_model("fec_small", num_classes=5)
     x = torch.randn(2, 3, 64, 64)

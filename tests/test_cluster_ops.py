@@ -290,6 +290,36 @@ def test_model_with_matmul_backend_equals_torch_backend(preset):
     assert_backend_matches_torch("matmul", torch.device("cpu"), preset)
 
 
+@pytest.mark.parametrize("preset", ["classification", "detection"])
+def test_model_with_the_cuda_formulations_equals_the_cpu_ones(preset, monkeypatch):
+    """What a small CUDA batch runs (bin-matrix centres from the fused map, the var_mean norm), forced
+    on the CPU, gives the default CPU path's logits and gradients in float64: the GPU-only code is
+    checked on every CI run, and tests/test_cuda.py has only the devices left to compare."""
+    import timm
+
+    from fec_backbone import fec, norm
+    from helpers import assert_same_results, model_results, randomize_scalars
+
+    model = timm.create_model("fec_small", num_classes=10, preset=preset).double()
+    randomize_scalars(model)
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    expected = model_results(model, x, "torch")
+    forced = {"centres": 0, "norm": 0}
+
+    def products(fv):
+        forced["centres"] += 1
+        return True
+
+    def var_mean(device_type, batch, compiling=False):
+        forced["norm"] += 1
+        return "var_mean"
+
+    monkeypatch.setattr(fec, "centres_by_products", products)
+    monkeypatch.setattr(norm, "choose_formulation", var_mean)
+    assert_same_results(model_results(model, x, "torch"), expected)
+    assert forced["centres"] == sum(len(s.blocks) for s in model.stages) and forced["norm"] > forced["centres"]
+
+
 @pytest.mark.parametrize("backend", _backends())
 def test_low_precision_sums_accumulate_in_float32(backend):
     """bfloat16 values are summed into float32 (on CUDA each atomic add rounds to the accumulator's

@@ -12,6 +12,7 @@ through :func:`checkpoint_filter_fn`. The clustering itself lives in :mod:`fec_b
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -172,15 +173,33 @@ def _bin_members(size: int, bins: int, device: torch.device) -> torch.Tensor:
     return ((pos >= i * size // bins) & (pos < ((i + 1) * size + bins - 1) // bins)).float()
 
 
+def _bin_matrices(size: Tuple[int, int], grid: Tuple[int, int], device: torch.device,
+                  dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row and column bin matrices (``[gh, H]``, ``[gw, W]`` in ``dtype``) and the bin sizes ``[gh, gw, 1]``."""
+    rows, cols = _bin_members(size[0], grid[0], device), _bin_members(size[1], grid[1], device)
+    sizes = rows.sum(1).view(-1, 1, 1) * cols.sum(1).view(1, -1, 1)
+    return rows.to(dtype), cols.to(dtype), sizes
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_bin_matrices(size: Tuple[int, int], grid: Tuple[int, int], device: torch.device,
+                         dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_bin_matrices`, built once per shape: they cost 30 small ops, which on a GPU at batch 2 take
+    the host longer than the two products take the device. Built outside inference mode, so that a
+    first call under ``torch.inference_mode`` does not give later training steps inference tensors."""
+    with torch.inference_mode(False), torch.no_grad():
+        return _bin_matrices(size, grid, device, dtype)
+
+
 def adaptive_mean_nhwc(x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
     """``F.adaptive_avg_pool2d`` of a channels-last map as two matrix products with 0/1 bin matrices:
     ``[B, H, W, C]`` -> ``[B, gh, gw, C]``. The sums are divided by the bin sizes afterwards, so low
     precision rounds no 1/size weight, and autograd keeps only the bin matrices, not ``x``."""
     b, h, w, c = x.shape
-    rows, cols = _bin_members(h, grid[0], x.device), _bin_members(w, grid[1], x.device)
-    sums = torch.matmul(cols.to(x.dtype), x.reshape(b * h, w, c))  # [B*H, gw, C]
-    sums = torch.matmul(rows.to(x.dtype), sums.reshape(b, h, grid[1] * c)).view(b, grid[0], grid[1], c)
-    sizes = rows.sum(1).view(-1, 1, 1) * cols.sum(1).view(1, -1, 1)
+    build = _bin_matrices if torch.compiler.is_compiling() else _cached_bin_matrices
+    rows, cols, sizes = build((h, w), tuple(grid), x.device, x.dtype)
+    sums = torch.matmul(cols, x.reshape(b * h, w, c))  # [B*H, gw, C]
+    sums = torch.matmul(rows, sums.reshape(b, h, grid[1] * c)).view(b, grid[0], grid[1], c)
     return (sums / sizes).to(x.dtype)
 
 

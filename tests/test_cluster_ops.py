@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fec_backbone import cluster_ops
-from helpers import aten_op_counts, assert_backend_matches_torch, rel_err
+from helpers import VIEW_OPS, aten_op_counts, assert_backend_matches_torch, rel_err
 from reference_fec import dense_cluster
 
 REQUIRE_SCATTER = os.environ.get("FEC_REQUIRE_TORCH_SCATTER") == "1"
@@ -235,6 +235,22 @@ def test_adaptive_mean_nhwc_is_adaptive_avg_pool(size, grid):
     assert rel_err(mine, theirs) < 1e-14
     low = adaptive_mean_nhwc(x.detach().bfloat16(), grid)
     assert low.dtype == torch.bfloat16 and rel_err(low.double(), ref) < 2e-2
+
+
+def test_bin_matrices_are_built_once_and_serve_training_after_inference():
+    """The bin matrices are cached per shape (a second call runs only the products and the division),
+    and a first call under inference mode leaves matrices that a training step can save for backward."""
+    from fec_backbone.fec import adaptive_mean_nhwc
+
+    x = torch.randn(2, 23, 37, 4, dtype=torch.float64)
+    with torch.inference_mode():
+        first = adaptive_mean_nhwc(x, (5, 6))
+    counts = aten_op_counts(lambda: adaptive_mean_nhwc(x, (5, 6)))
+    assert {op: n for op, n in counts.items() if op not in VIEW_OPS} == {"bmm": 2, "div": 1}, counts
+    y = x.clone().requires_grad_()
+    out = adaptive_mean_nhwc(y, (5, 6))
+    out.sum().backward()
+    assert torch.equal(out.detach(), first) and y.grad is not None
 
 
 @pytest.mark.parametrize("products", [False, True])

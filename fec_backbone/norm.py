@@ -29,11 +29,12 @@ under autocast, whose weights are float32).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from timm.models._features_fx import register_notrace_function
 
 __all__ = ["FORMULATIONS", "CUDA_LAYER_NORM_MIN_BATCH", "choose_formulation", "group_norm1_nhwc", "TokenGroupNorm1"]
@@ -74,13 +75,67 @@ def group_norm1_nhwc(
         return torch.addcmul(bias, F.layer_norm(x, x.shape[1:], eps=eps), weight)
     if formulation != "var_mean":
         raise ValueError(f"unknown norm formulation {formulation!r}; choose one of {FORMULATIONS}")
-    low = x.dtype in (torch.float16, torch.bfloat16)
-    out_dtype = torch.promote_types(x.dtype, weight.dtype)  # as the affine of the layer_norm formulation
-    xs = x.float() if low else x
+    if _records_autograd(x, weight, bias):
+        return _VarMeanGroupNorm1.apply(x, weight, bias, eps)
+    xs, mean, rstd = _statistics(x, eps)
+    return _affine(x, xs, mean, rstd, weight, bias)
+
+
+def _statistics(x: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x`` in its compute dtype (float32 for bf16/fp16) and its per-sample mean and ``1/std``, ``[B, 1, 1, 1]``."""
+    xs = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     var, mean = torch.var_mean(xs, dim=(1, 2, 3), correction=0, keepdim=True)
-    scale = torch.rsqrt(var + eps) * weight.to(xs.dtype)
-    shift = bias.to(xs.dtype) - mean * scale
-    return torch.addcmul(shift, xs, scale).to(out_dtype)
+    return xs, mean, torch.rsqrt(var + eps)
+
+
+def _affine(x: torch.Tensor, xs: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor,
+            bias: torch.Tensor) -> torch.Tensor:
+    """``(xs - mean) * rstd * weight + bias`` as one fused multiply-add per element, in the dtype of ``x``
+    promoted with the weight's (as the affine of the layer_norm formulation)."""
+    scale = rstd * weight.to(xs.dtype)  # [B, 1, 1, C]
+    shift = torch.addcmul(bias.to(xs.dtype), mean, scale, value=-1.0)
+    return torch.addcmul(shift, xs, scale).to(torch.promote_types(x.dtype, weight.dtype))
+
+
+def _records_autograd(*tensors: torch.Tensor) -> bool:
+    """Eager autograd will record this call (compiled and exported graphs derive their own backward)."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    return (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+            and not torch.compiler.is_compiling() and not exporting)
+
+
+class _VarMeanGroupNorm1(torch.autograd.Function):
+    """The ``var_mean`` formulation with a written-out backward: 21 kernels per forward+backward where
+    autograd's derivation of the same formula runs 33. At batch 2 on a GPU each costs the host more time
+    than the device (a detection step runs 32 of these norms; ``benchmarks/results/h200-2026-11-28``).
+
+    With ``y = (x - mean) * rstd`` over each sample's ``N = H*W*C`` values and ``gw = grad * weight``:
+    ``dx = rstd * (gw - mean_N(gw) - y * mean_N(gw * y))``, ``dweight = sum(grad * y)``, ``dbias = sum(grad)``;
+    the ``N``-means are taken per channel first (``[B, C]``) and weighted by ``weight`` after."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+        xs, mean, rstd = _statistics(x, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.bias_dtype = bias.dtype
+        return _affine(x, xs, mean, rstd, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        x, weight, mean, rstd = ctx.saved_tensors
+        dtype = mean.dtype
+        centred = x - mean  # [B, H, W, C] in the compute dtype
+        grad = grad.to(dtype)
+        per_channel = torch.stack((grad.sum((1, 2)), (grad * centred).sum((1, 2))))  # [2, B, C]
+        b, r = x.shape[0], rstd.view(-1)
+        d_weight, d_bias = per_channel[1].t() @ r, per_channel[0].sum(0)
+        # -mean_N(grad * weight) and -mean_N(grad * weight * centred), [B] each
+        neg_m1, neg_m2 = (per_channel @ weight.to(dtype)).mul_(-1.0 / x[0].numel())
+        # dx = rstd*weight*grad - rstd*m1 - rstd^3 * m2 * centred
+        const, slope = (r * neg_m1).view(b, 1, 1, 1), (r.pow(3) * neg_m2).view(b, 1, 1, 1)
+        dx = torch.addcmul(torch.addcmul(const, centred, slope), grad, rstd * weight.to(dtype))
+        return dx.to(x.dtype), d_weight.to(weight.dtype), d_bias.to(ctx.bias_dtype), None
 
 
 class TokenGroupNorm1(nn.GroupNorm):

@@ -58,6 +58,25 @@ def test_bf16_under_autocast_normalises_in_float32():
     assert rel_err(got, expected) < 1e-5
 
 
+def test_var_mean_backward_is_written_out_and_low_precision_gradients_hold():
+    """Training uses the written-out backward of the var_mean formulation (21 kernels per forward and
+    backward instead of autograd's 33); with a bf16 map and float32 affine (autocast) its gradients
+    come back in each input's dtype, within bf16 rounding of float32 GroupNorm's."""
+    from helpers import VIEW_OPS, aten_op_counts
+
+    ref, ours = _pair(24, torch.float32)
+    x = torch.randn(2, 6, 10, 24)
+    upstream = torch.randn(2, 6, 10, 24)
+    low = x.bfloat16().requires_grad_()
+    counts = aten_op_counts(lambda: group_norm1_nhwc(low, ours.weight, ours.bias, formulation="var_mean").backward(upstream))
+    assert sum(n for op, n in counts.items() if op not in VIEW_OPS | {"promote_types"}) <= 21 + 2, counts  # 2 casts
+    xr = x.bfloat16().float().requires_grad_()
+    expected = torch.autograd.grad(ref(xr.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), (xr, ref.weight, ref.bias), upstream)
+    assert low.grad.dtype == torch.bfloat16 and ours.weight.grad.dtype == ours.bias.grad.dtype == torch.float32
+    for mine, theirs in zip((low.grad, ours.weight.grad, ours.bias.grad), expected):
+        assert rel_err(mine.float(), theirs) < 2e-2
+
+
 def test_bf16_storage_keeps_layer_norm_dtype():
     x = torch.randn(2, 5, 6, 8).to(torch.bfloat16)
     w, b = torch.randn(8, dtype=torch.bfloat16), torch.randn(8, dtype=torch.bfloat16)

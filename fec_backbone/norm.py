@@ -75,7 +75,7 @@ def group_norm1_nhwc(
         return torch.addcmul(bias, F.layer_norm(x, x.shape[1:], eps=eps), weight)
     if formulation != "var_mean":
         raise ValueError(f"unknown norm formulation {formulation!r}; choose one of {FORMULATIONS}")
-    if _records_autograd(x, weight, bias):
+    if records_autograd(x, weight, bias):
         return _VarMeanGroupNorm1.apply(x, weight, bias, eps)
     xs, mean, rstd = _statistics(x, eps)
     return _affine(x, xs, mean, rstd, weight, bias)
@@ -97,7 +97,7 @@ def _affine(x: torch.Tensor, xs: torch.Tensor, mean: torch.Tensor, rstd: torch.T
     return torch.addcmul(shift, xs, scale).to(torch.promote_types(x.dtype, weight.dtype))
 
 
-def _records_autograd(*tensors: torch.Tensor) -> bool:
+def records_autograd(*tensors: torch.Tensor) -> bool:
     """Eager autograd will record this call (compiled and exported graphs derive their own backward)."""
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
     return (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)

@@ -237,6 +237,24 @@ def test_adaptive_mean_nhwc_is_adaptive_avg_pool(size, grid):
     assert low.dtype == torch.bfloat16 and rel_err(low.double(), ref) < 2e-2
 
 
+def test_unit_rows_is_f_normalize_with_fewer_kernels():
+    """unit_rows gives F.normalize's rows bit for bit and its gradients (rows of zeros and rows shorter
+    than eps included, where only the divisor's constant remains), in 9 kernels per forward+backward."""
+    x = torch.randn(3, 50, 7, dtype=torch.float64)
+    x[0, :4] = 0.0
+    x[1, :4] *= 1e-14
+    x.requires_grad_()
+    upstream = torch.randn_like(x)
+    mine, theirs = cluster_ops.unit_rows(x), torch.nn.functional.normalize(x, dim=-1)
+    assert torch.equal(mine, theirs)
+    (g_mine,), (g_theirs,) = (torch.autograd.grad(t, x, upstream) for t in (mine, theirs))
+    assert rel_err(g_mine, g_theirs) < 1e-14
+    counts = aten_op_counts(lambda: cluster_ops.unit_rows(x).backward(upstream))
+    assert sum(n for op, n in counts.items() if op not in VIEW_OPS) <= 9, counts
+    with torch.no_grad():
+        assert torch.equal(cluster_ops.unit_rows(x), theirs)
+
+
 def test_bin_matrices_are_built_once_and_serve_training_after_inference():
     """The bin matrices are cached per shape (a second call runs only the products and the division),
     and a first call under inference mode leaves matrices that a training step can save for backward."""

@@ -162,7 +162,7 @@ class _UnitRows(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         unit, divisor, long_enough = ctx.saved_tensors
         along = (grad * unit).sum(-1, keepdim=True).mul_(long_enough)
-        return (torch.addcmul(grad, unit, along, value=-1.0) / divisor).to(ctx.x_dtype)
+        return torch.addcmul(grad, unit, along, value=-1.0).div_(divisor).to(ctx.x_dtype)
 
 
 def cosine_similarity(centers: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

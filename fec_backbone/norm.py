@@ -134,7 +134,7 @@ class _VarMeanGroupNorm1(torch.autograd.Function):
         neg_m1, neg_m2 = (per_channel @ weight.to(dtype)).mul_(-1.0 / x[0].numel())
         # dx = rstd*weight*grad - rstd*m1 - rstd^3 * m2 * centred
         const, slope = (r * neg_m1).view(b, 1, 1, 1), (r.pow(3) * neg_m2).view(b, 1, 1, 1)
-        dx = torch.addcmul(torch.addcmul(const, centred, slope), grad, rstd * weight.to(dtype))
+        dx = torch.addcmul(const, centred, slope).addcmul_(grad, rstd * weight.to(dtype))
         return dx.to(x.dtype), d_weight.to(weight.dtype), d_bias.to(ctx.bias_dtype), None
 
 

@@ -98,9 +98,10 @@ def _affine(x: torch.Tensor, xs: torch.Tensor, mean: torch.Tensor, rstd: torch.T
 
 
 def records_autograd(*tensors: torch.Tensor) -> bool:
-    """Eager autograd will record this call (compiled and exported graphs derive their own backward)."""
+    """Eager autograd will record this call. Compiled, exported and JIT-traced graphs (fvcore's FLOP
+    count traces) see the plain formula instead: they derive their own backward or none."""
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
-    return (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return (torch.is_grad_enabled() and any(t.requires_grad for t in tensors) and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling() and not exporting)
 
 

@@ -24,9 +24,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.dirname(os.path.abspa
 
 import bench_gpu  # noqa: E402
 from fec_backbone import cluster_ops, fec, norm  # noqa: E402
-from helpers import VIEW_OPS, aten_op_counts  # noqa: E402
-
-NOT_KERNELS = VIEW_OPS | {"promote_types"}
+from helpers import aten_op_counts, kernel_count  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -60,7 +58,7 @@ def count_kernels(kind: str, preset: str, batch: int, size: List[int]) -> int:
             counts = aten_op_counts(step)
     finally:
         cluster_ops.set_backend(previous)
-    return sum(n for op, n in counts.items() if op not in NOT_KERNELS)
+    return kernel_count(counts)
 
 
 def main(argv: Optional[List[str]] = None) -> List[tuple]:

@@ -27,7 +27,7 @@ import timm  # noqa: E402
 import fec_backbone  # noqa: E402,F401
 from fec_backbone import cluster_ops  # noqa: E402
 from fec_backbone.fec import ClusterMixer, ClusterPool, Stem, TokenGroupNorm1  # noqa: E402
-from helpers import VIEW_OPS, aten_op_counts  # noqa: E402
+from helpers import aten_op_counts, kernel_count  # noqa: E402
 from timm.layers import Mlp  # noqa: E402
 
 PARTS = {Stem: "stem", ClusterMixer: "cluster mixer", ClusterPool: "cluster pool", Mlp: "mlp", TokenGroupNorm1: "norm"}
@@ -100,7 +100,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(f"  {'whole step':<14}{total / 1e3:>10.1f} ms")
     ops = aten_op_counts(forward_backward)
     model.zero_grad(set_to_none=True)
-    kernels = sum(n for name, n in ops.items() if name not in VIEW_OPS)
+    kernels = kernel_count(ops)
     print(f"aten ops per forward+backward: {sum(ops.values())}, of which {kernels} are not views (on a GPU, one "
           "launch or more each: at small batches the host's time to issue them bounds the step)")
     if args.trace:

@@ -39,7 +39,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor, scale: Optional[float] = None) -> 
 
 #: aten ops that only make views or metadata: no kernel launch on a GPU.
 VIEW_OPS = frozenset({"view", "_unsafe_view", "reshape", "_reshape_alias", "t", "transpose", "permute", "expand",
-                      "unsqueeze", "squeeze", "select", "slice", "split", "unbind", "as_strided", "alias", "detach"})
+                      "unsqueeze", "squeeze", "select", "slice", "split", "unbind", "as_strided", "alias", "detach",
+                      "promote_types"})
 
 
 def aten_op_counts(fn: Callable[[], object]) -> Counter:
@@ -56,6 +57,11 @@ def aten_op_counts(fn: Callable[[], object]) -> Counter:
     with Record():
         fn()
     return counts
+
+
+def kernel_count(counts: Counter) -> int:
+    """The ops of :func:`aten_op_counts` that launch kernels (all but :data:`VIEW_OPS`)."""
+    return sum(n for op, n in counts.items() if op not in VIEW_OPS)
 
 
 def randomize_scalars(model: torch.nn.Module) -> None:

@@ -132,10 +132,11 @@ class _VarMeanGroupNorm1(torch.autograd.Function):
         b, r = x.shape[0], rstd.view(-1)
         d_weight, d_bias = per_channel[1].t() @ r, per_channel[0].sum(0)
         # -mean_N(grad * weight) and -mean_N(grad * weight * centred), [B] each
-        neg_m1, neg_m2 = (per_channel @ weight.to(dtype)).mul_(-1.0 / x[0].numel())
+        w = weight.to(dtype)
+        neg_m1, neg_m2 = (per_channel @ w).mul_(-1.0 / x[0].numel())
         # dx = rstd*weight*grad - rstd*m1 - rstd^3 * m2 * centred
         const, slope = (r * neg_m1).view(b, 1, 1, 1), (r.pow(3) * neg_m2).view(b, 1, 1, 1)
-        dx = torch.addcmul(const, centred, slope).addcmul_(grad, rstd * weight.to(dtype))
+        dx = torch.addcmul(const, centred, slope).addcmul_(grad, rstd * w)
         return dx.to(x.dtype), d_weight.to(weight.dtype), d_bias.to(ctx.bias_dtype), None
 
 

@@ -443,6 +443,8 @@ class FEC(nn.Module):
         num_classes: classifier outputs; 0 for no classifier.
         global_pool: ``'avg'`` or ``''`` (no pooling in :meth:`forward_head`).
         output_stride: 32, or 8/16 for dense prediction (:meth:`set_output_stride`).
+        feature_norms: a GroupNorm (one group) on every stage map :meth:`forward_intermediates` returns
+            (``out_norms``), as the official dense-prediction backbone (``fork_feat``, its ``norm0/2/4/6``).
     """
 
     def __init__(
@@ -463,6 +465,7 @@ class FEC(nn.Module):
         drop_path_rate: float = 0.0,
         layer_scale_init_value: float = 1e-5,
         output_stride: int = 32,
+        feature_norms: bool = False,
         device=None,
         dtype=None,
     ):
@@ -506,6 +509,7 @@ class FEC(nn.Module):
             stages.append(FecStage(downsample, blocks))
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=4 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
+        self.out_norms = nn.ModuleList([TokenGroupNorm1(d, **dd) for d in embed_dims]) if feature_norms else None
         self.norm = TokenGroupNorm1(self.num_features, **dd)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
@@ -604,7 +608,8 @@ class FEC(nn.Module):
         """Stage outputs ``[B, C_i, H/r_i, W/r_i]`` (channels_last views; ``r_i`` is ``feature_info``'s
         reduction: ``4 * 2**i``, at most ``output_stride``) for the stages in ``indices``.
 
-        With ``norm=True`` the last stage's output passes the final norm, as in ``forward_features``.
+        Each passes its output norm when the model has them (``feature_norms``); otherwise, with
+        ``norm=True``, the last stage's output passes the final norm, as in ``forward_features``.
         """
         if output_fmt != "NCHW":
             raise ValueError(f"FEC returns NCHW features, output_fmt={output_fmt!r} is not supported")
@@ -617,12 +622,19 @@ class FEC(nn.Module):
         for i, stage in enumerate(stages):
             x = stage(x)
             if i in take_indices:
-                intermediates.append(to_nchw(self.norm(x) if norm and i == last else x))
+                intermediates.append(to_nchw(self.feature_map(i, x, norm and i == last)))
         if intermediates_only:
             return intermediates
         if i == last:
             x = self.norm(x)
         return to_nchw(x), intermediates
+
+    def feature_map(self, index: int, x: torch.Tensor, final_norm: bool = False) -> torch.Tensor:
+        """Stage ``index``'s output ``x`` ``[B, h, w, C]`` as a returned feature map: through its output norm
+        when the model has them, else through the final norm with ``final_norm``, else as it is."""
+        if self.out_norms is not None:
+            return self.out_norms[index](x)
+        return self.norm(x) if final_norm else x
 
     def prune_intermediate_layers(
         self,
@@ -633,6 +645,8 @@ class FEC(nn.Module):
         """Drop the stages after the last one in ``indices`` (and the norm and head if asked)."""
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[: max_index + 1]
+        if self.out_norms is not None:
+            self.out_norms = self.out_norms[: max_index + 1]
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:

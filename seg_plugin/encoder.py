@@ -28,7 +28,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from segmentation_models_pytorch.encoders._base import EncoderMixin
-from timm.layers import GroupNorm1
 
 from fec_backbone import FEC, VARIANTS, fit_state_dict
 from fec_backbone.checkpoint import adapt_stem_weight
@@ -75,13 +74,12 @@ class FecEncoder(FEC, EncoderMixin):
         for key in ("num_classes", "global_pool", "in_chans", "output_stride"):
             if key in kwargs:
                 raise ValueError(f"{self.__class__.__name__} sets `{key}` itself; do not pass it in the encoder params")
-        super().__init__(preset=preset, num_classes=0, global_pool="", in_chans=3, **kwargs)
+        super().__init__(preset=preset, num_classes=0, global_pool="", in_chans=3, feature_norms=True, **kwargs)
         widths = [3, 0] + list(self.embed_dims)
         if list(out_channels) != widths:
             raise ValueError(f"out_channels {list(out_channels)} do not match the FEC widths: expected {widths}")
         stages = max(depth - 1, 1)
         self.prune_intermediate_layers(list(range(stages)), prune_norm=True, prune_head=True)
-        self.out_norms = nn.ModuleList([GroupNorm1(c) for c in self.embed_dims[:stages]])
         self.reduction = 2 ** max(depth, 2)
         self._depth, self._in_channels, self._out_channels, self._output_stride = depth, 3, list(out_channels), 32
 
@@ -134,10 +132,10 @@ class FecEncoder(FEC, EncoderMixin):
         pad_h, pad_w = -h % self.reduction, -w % self.reduction
         padded = bool(pad_h or pad_w)
         x = self.stem(F.pad(x, (0, pad_w, 0, pad_h)) if padded else x, (h, w))
-        for stage, norm, info in zip(self.stages, self.out_norms, self.feature_info):
+        for i, (stage, info) in enumerate(zip(self.stages, self.feature_info)):
             x = stage(x)  # stages run on channels-last [B, H, W, C] maps
             s = info["reduction"]
-            features.append(norm(to_nchw(x[:, : -(-h // s), : -(-w // s)] if padded else x)))
+            features.append(to_nchw(self.feature_map(i, x[:, : -(-h // s), : -(-w // s)] if padded else x)))
         return features
 
 

@@ -190,6 +190,31 @@ def test_features_only_strides_and_channels():
     assert [tuple(o.shape) for o in outs] == [(2, 32, 32, 24), (2, 64, 16, 12), (2, 196, 8, 6), (2, 320, 4, 3)]
 
 
+def test_feature_norms_normalise_every_returned_map_and_follow_pruning():
+    """``feature_norms=True`` is the official dense-prediction backbone: each returned stage map passes its
+    own single-group norm (``out_norms.<i>``, the official ``norm0/2/4/6``), also through timm's
+    ``features_only``; pruning keeps the norms of the stages kept."""
+    plain = timm.create_model("fec_small", num_classes=0).eval()
+    model = timm.create_model("fec_small", num_classes=0, feature_norms=True).eval()
+    assert sorted(k for k in model.state_dict() if k.startswith("out_norms.")) == [
+        f"out_norms.{i}.{p}" for i in range(4) for p in ("bias", "weight")]
+    model.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        for norm in model.out_norms:
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        raw = plain.forward_intermediates(x, intermediates_only=True)
+        normed = model.forward_intermediates(x, intermediates_only=True)
+        for stage, out, norm in zip(raw, normed, model.out_norms):
+            assert torch.equal(out, norm(stage.permute(0, 2, 3, 1).contiguous()).permute(0, 3, 1, 2))
+            assert not torch.equal(out, stage)
+        features = timm.create_model("fec_small", features_only=True, out_indices=(0, 1), feature_norms=True)
+        assert sorted(k for k in features.state_dict() if "out_norms" in k) == [
+            f"model.out_norms.{i}.{p}" for i in range(2) for p in ("bias", "weight")]
+
+
 def test_in_chans():
     model = timm.create_model("fec_small", in_chans=1)
     assert model.stem.proj.in_channels == 3

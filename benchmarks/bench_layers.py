@@ -3,7 +3,7 @@ detection (batch 2) and classification (batch 128) shapes of FEC's first stage, 
 
 * the single-group norm (:mod:`fec_backbone.norm`; the figures behind ``choose_formulation``);
 * the region centres, ``F.adaptive_avg_pool2d`` vs the bin-matrix products of
-  :func:`fec_backbone.fec.adaptive_mean_nhwc` (the figures behind ``centres_by_products``).
+  :func:`fec_backbone.layout.adaptive_mean_nhwc` (the figures behind ``centres_by_products``).
 
     python benchmarks/bench_layers.py                     # CUDA if present, else CPU
     python benchmarks/bench_layers.py --device cpu --scale 0.5 --iters 5
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fec_backbone.fec import adaptive_mean_nhwc, to_nchw, to_nhwc  # noqa: E402
+from fec_backbone.layout import adaptive_mean_nhwc, to_nchw, to_nhwc  # noqa: E402
 from fec_backbone.norm import FORMULATIONS, choose_formulation, group_norm1_nhwc  # noqa: E402
 
 SHAPES = ((2, 200, 336, 32), (128, 56, 56, 32))

@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.dirname(os.path.abspath(__file__))]
 
 import bench_gpu  # noqa: E402
-from fec_backbone import cluster_ops, fec, norm  # noqa: E402
+from fec_backbone import PRESETS, cluster_ops, layout, norm  # noqa: E402
 from helpers import aten_op_counts, kernel_count  # noqa: E402
 
 
@@ -31,13 +31,13 @@ from helpers import aten_op_counts, kernel_count  # noqa: E402
 def cuda_formulations(batch: int) -> Iterator[None]:
     """Make the norm and the region centres take, on any device, the formulation a CUDA batch of
     ``batch`` takes (the kernels differ by device; which ops run does not)."""
-    choose, products = norm.choose_formulation, fec.centres_by_products
+    choose, products = norm.choose_formulation, layout.centres_by_products
     norm.choose_formulation = lambda device_type, b, compiling=False: choose("cuda", b, compiling)
-    fec.centres_by_products = lambda fv: fv.shape[0] < norm.CUDA_LAYER_NORM_MIN_BATCH
+    layout.centres_by_products = lambda fv: fv.shape[0] < norm.CUDA_LAYER_NORM_MIN_BATCH
     try:
         yield
     finally:
-        norm.choose_formulation, fec.centres_by_products = choose, products
+        norm.choose_formulation, layout.centres_by_products = choose, products
 
 
 def count_kernels(kind: str, preset: str, batch: int, size: List[int]) -> int:
@@ -63,7 +63,7 @@ def count_kernels(kind: str, preset: str, batch: int, size: List[int]) -> int:
 
 def main(argv: Optional[List[str]] = None) -> List[tuple]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="detection", choices=sorted(fec.PRESETS))
+    parser.add_argument("--preset", default="detection", choices=sorted(PRESETS))
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--size", type=int, nargs=2, default=(800, 1344))
     parser.add_argument("--official", metavar="PATH", help="a saved official models/fec.py: adds the 'official' row")

@@ -20,6 +20,7 @@ from typing import List, Optional
 
 from classification import train, validate
 from classification.toy_data import draw_toy_scene, make_toy_imagefolder
+from fec_backbone.cli import main as fec_cli
 from fec_backbone.model_zoo import get_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,8 +76,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     ddp_line = next(line for line in ddp_log.splitlines() if line.startswith("epoch 0:"))
 
     _banner("cluster assignments of the trained model (fec visualize)")
-    from fec_backbone.cli import main as fec_cli
-
     if fec_cli(["visualize", scene, "--model", "fec_small", "--checkpoint", os.path.join(run, "last.pth.tar"),
                 "--clusters", "4", "--out", picture]) != 0:
         raise SystemExit("error: fec visualize failed")

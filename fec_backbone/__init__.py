@@ -6,6 +6,11 @@ The public surface used by the adapters: :class:`FEC`, :data:`VARIANTS` (archite
 :func:`read_fec_weights`, :func:`fit_state_dict`, :class:`CheckpointError`).
 """
 from . import cluster_ops
+
+try:
+    from . import cluster_kernels  # the "triton" clustering backend; registers itself with cluster_ops
+except ImportError:  # Triton is optional
+    cluster_kernels = None
 from .checkpoint import CheckpointError, LoadResult, detect_variant, fit_state_dict, load_fec_weights, read_fec_weights
 from .fec import FEC, PRESETS, VARIANTS, checkpoint_filter_fn, count_parameters, fec_base, fec_large, fec_small
 from .interpret import ClusterRecord, chain_to_input, record_clusters

@@ -25,6 +25,10 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
+from timm.models import adapt_input_conv
+
+from .variants import detect_variant
 
 __all__ = [
     "ALLOWED_GLOBALS",
@@ -51,9 +55,8 @@ ALLOWED_GLOBALS: Tuple[type, ...] = (argparse.Namespace,)
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 #: Keys that locate an FEC inside a larger state dict (ours and the official layout).
 ANCHORS = ("stem.proj.weight", "patch_embed.proj.weight")
-#: Top-level modules of :class:`fec_backbone.FEC`; other modules under an FEC's prefix (an smp
-#: encoder's ``out_norms``, the official detection backbone's ``norm0``...) are not FEC weights.
-FEC_MODULES = ("stem", "stages", "norm", "head")
+#: Top-level modules of :class:`fec_backbone.FEC`; other modules under an FEC's prefix are not FEC weights.
+FEC_MODULES = ("stem", "stages", "out_norms", "norm", "head")
 
 Source = Union[str, os.PathLike, Mapping[str, Any]]
 
@@ -89,8 +92,6 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
         raise CheckpointError(f"checkpoint file not found: {path!r}")
     try:
         if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
             obj: Any = load_file(path, device="cpu")
         else:
             with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
@@ -158,9 +159,13 @@ def find_fec_prefixes(state_dict: Mapping[str, Any]) -> List[str]:
 
 
 def map_official_key(key: str) -> str:
-    """An official key (``patch_embed.proj...``, ``network.<i>...``) in this package's module layout."""
+    """An official key (``patch_embed.proj...``, ``network.<i>...``; the dense-prediction backbone's output
+    norms ``norm0/2/4/6``) in this package's module layout."""
     if key.startswith("patch_embed."):
         return "stem." + key[len("patch_embed."):]
+    m = re.match(r"norm([0246])\.(.*)$", key)
+    if m:
+        return f"out_norms.{int(m.group(1)) // 2}.{m.group(2)}"
     if key.startswith("network."):
         index, rest = key[len("network."):].split(".", 1)
         i = int(index)
@@ -215,29 +220,6 @@ def read_fec_weights(
     return extract_fec_weights(source, use_ema=use_ema, prefix=prefix)[0]
 
 
-def _stage_depths(keys: Iterable[str]) -> List[int]:
-    blocks: Dict[int, set] = {}
-    for key in keys:
-        m = re.match(r"stages\.(\d+)\.blocks\.(\d+)\.", key)
-        if m:
-            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
-    return [len(blocks[i]) for i in sorted(blocks)]
-
-
-def detect_variant(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
-    """The name of the FEC variant (``fec_small``/``fec_base``/``fec_large``) whose stem, stages and
-    norm have exactly the shapes of ``state_dict`` (our key layout), or None."""
-    from .fec import FEC, VARIANTS
-
-    for name, args in VARIANTS.items():
-        reference = FEC(**args, num_classes=0, device="meta").state_dict()
-        if all(k in reference and tuple(reference[k].shape) == tuple(v.shape)
-               for k, v in state_dict.items() if k.split(".", 1)[0] in ("stem", "stages", "norm")):
-            if all(k in state_dict for k in reference):
-                return name
-    return None
-
-
 def check_keys(
     state_dict: Mapping[str, torch.Tensor],
     expected: Mapping[str, torch.Tensor],
@@ -276,8 +258,6 @@ def adapt_stem_weight(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     """A stem weight ``[C, c + 2, k, k]`` (``c`` image channels, then the two coordinate channels) for
     ``in_chans`` image channels: the image part adapted as timm adapts a first conv (1 channel: summed;
     more than ``c``: repeated and rescaled), the coordinate part kept."""
-    from timm.models import adapt_input_conv
-
     image = adapt_input_conv(in_chans, weight[:, :-2], base_chans=weight.shape[1] - 2)
     return torch.cat((image, weight[:, -2:]), dim=1)
 
@@ -293,30 +273,30 @@ def fit_state_dict(
     """``state_dict`` (FEC layout, e.g. from :func:`read_fec_weights`) reduced to what ``model`` holds,
     checked key by key.
 
-    ``model`` is a :class:`fec_backbone.FEC` or a subclass (an smp encoder), possibly pruned. Dropped on
-    purpose: the classifier when the model has none or one of another size, the final norm when the
-    model has none, stages the model does not have. The stem of a model with another ``in_chans`` is
-    adapted as timm adapts a first conv (the two coordinate channels are kept). Model keys starting
-    with ``allow_missing`` may be absent (they keep their initial values). ``staged`` names adapter
-    modules indexed by stage (an smp encoder's ``out_norms``), dropped like the stages a model lacks.
-    Anything else that differs
-    raises :class:`CheckpointError`, naming the checkpoint's variant when it is another one.
+    ``model`` is a :class:`fec_backbone.FEC` or a subclass (an smp encoder), possibly pruned (its ``stem``
+    and ``stages`` are what is looked at). Dropped on purpose: the classifier when the model has none or one
+    of another size, the final norm and the output norms when the model has none, stages (and their output
+    norms, and the stage-indexed adapter modules named in ``staged``) that the model does not have. Kept at
+    their initial values: the output norms when the checkpoint has none (an ImageNet checkpoint: they start
+    fresh, as in the official dense-prediction training), and the final norm and classifier when the
+    checkpoint is a dense-prediction backbone (it has output norms and no final norm). The stem of a model
+    with another ``in_chans`` is adapted as timm adapts a first conv (the two coordinate channels are kept).
+    Model keys starting with ``allow_missing`` may be absent too. Anything else that differs raises
+    :class:`CheckpointError`, naming the checkpoint's variant when it is another one.
     """
-    from .fec import FEC
-
-    if not isinstance(model, FEC):
+    if not (hasattr(model, "stages") and hasattr(model, "stem")):
         raise TypeError(f"fit_state_dict needs an fec_backbone.FEC, got {type(model).__name__}")
     result = result if result is not None else LoadResult()
     expected = model.state_dict()
     kept_stages = len(model.stages)
+    per_stage = ("stages", "out_norms", *staged)
     out: Dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         top, _, rest = key.partition(".")
         drop = (
-            (top in ("head", "norm") and key not in expected)
+            (top in ("head", "norm", "out_norms") and key not in expected)
             or (top == "head" and tuple(value.shape) != tuple(expected[key].shape))
-            or (top in ("stages", *staged) and rest.split(".", 1)[0].isdigit()
-                and int(rest.split(".", 1)[0]) >= kept_stages)
+            or (top in per_stage and rest.split(".", 1)[0].isdigit() and int(rest.split(".", 1)[0]) >= kept_stages)
         )
         if drop:
             result.ignored.append(key)
@@ -329,7 +309,10 @@ def fit_state_dict(
         weight, model_chans = out[stem], expected[stem].shape[1] - 2
         if weight.shape[1] > 2 and model_chans > 0 and weight.shape[0] == expected[stem].shape[0]:
             out[stem] = adapt_stem_weight(weight, model_chans)
-    ignore = tuple(allow_missing)
+    dense = any(k.startswith("out_norms.") for k in state_dict) and not any(k.startswith("norm.") for k in state_dict)
+    fresh = (("out_norms.",) if not any(k.startswith("out_norms.") for k in state_dict) else ()) + (
+        ("norm.",) if dense else ())
+    ignore = tuple(allow_missing) + fresh
     result.kept_initial += [k for k in expected if k.startswith(ignore) and k not in out]
     what = f"{type(model).__name__} ({model.describe()})" if hasattr(model, "describe") else type(model).__name__
     try:
@@ -355,9 +338,13 @@ def load_fec_weights(
     allow_missing: Sequence[str] = (),
 ) -> LoadResult:
     """Read FEC weights (:func:`read_fec_weights`), fit them to ``model`` (:func:`fit_state_dict`) and
-    load them. Returns what was loaded, ignored and kept at initial values (also logged)."""
+    load them. ``model`` is an FEC or timm's ``features_only`` wrapper of one (``timm.create_model(...,
+    features_only=True)``). Returns what was loaded, ignored and kept at initial values (also logged)."""
     path = None if isinstance(source, Mapping) else os.fspath(source)
     result = LoadResult()
+    inner = getattr(model, "model", None)
+    if not hasattr(model, "stages") and hasattr(inner, "stages"):  # timm's FeatureGetterNet holds the FEC
+        model = inner
     try:
         weights = fit_state_dict(read_fec_weights(source, use_ema=use_ema, prefix=prefix), model,
                                  allow_missing=allow_missing, result=result)

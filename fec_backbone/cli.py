@@ -10,14 +10,16 @@ import argparse
 import sys
 from typing import List, Optional
 
+from .checkpoint import CheckpointError
+from .export import export_onnx
 from .fec import PRESETS, VARIANTS
+from .flops import flops_table
+from .visualize import visualize_image
 
 MODELS = list(VARIANTS)
 
 
 def _flops(args: argparse.Namespace) -> int:
-    from .flops import flops_table
-
     print(f"Parameters and fvcore FLOPs at {args.size}x{args.size} px (official: 5,727,528/1.366G, "
           "15,086,848/3.350G, 29,720,344/6.509G)")
     print(flops_table(args.models, args.size))
@@ -25,9 +27,6 @@ def _flops(args: argparse.Namespace) -> int:
 
 
 def _visualize(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError
-    from .visualize import visualize_image
-
     try:
         maps = visualize_image(args.image, args.out, args.model, args.checkpoint, args.clusters, args.size,
                                args.preset, args.prefix, args.head, args.use_ema)
@@ -45,9 +44,6 @@ def _visualize(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError
-    from .export import export_onnx
-
     try:
         result = export_onnx(args.out, args.model, args.checkpoint, args.features_only, args.size,
                              preset=args.preset, num_classes=args.num_classes)

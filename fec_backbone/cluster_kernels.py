@@ -501,3 +501,6 @@ def cluster_pool(points, centers, values, center_values) -> Tuple[torch.Tensor, 
     scalar = points.new_zeros(1)
     index = _nearest_op(points.detach(), centers.detach(), scalar, scalar, sigmoid=False)
     return aggregate(values, center_values, index, "torch"), index
+
+
+cluster_ops.register_kernels("triton", cluster_mix, cluster_pool)

@@ -24,13 +24,14 @@ fastest there, ``benchmarks/bench_cpu.py``) and :data:`CUDA_DEFAULT_BACKEND` on 
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from torch.autograd.function import once_differentiable
 
-from .norm import records_autograd
+from .tracing import records_autograd
 
 __all__ = [
     "cosine_similarity",
@@ -51,11 +52,8 @@ __all__ = [
 
 _BACKENDS = ("torch", "matmul", "torch_scatter", "triton")
 
-#: The backend ``"auto"`` uses for CUDA tensors: ``"torch"``, the fastest eager backend on one H200
-#: (2026-11-28, ``benchmarks/results/h200-2026-11-28``): classification training 1,593 img/s against
-#: matmul's 1,347; triton equalled torch there (1,345 vs 1,339, the other run) but took 2.5x as long at
-#: detection resolution, where matmul ties torch. Compiled inference is faster with ``"matmul"``
-#: (12,551 img/s), so choose it there.
+#: The backend ``"auto"`` uses for CUDA tensors: the fastest eager backend measured on a GPU
+#: (``benchmarks/results/README.md``). For compiled inference ``"matmul"`` measured faster: choose it there.
 CUDA_DEFAULT_BACKEND = "torch"
 #: Most centres per group for which the ``"matmul"`` backend forms the one-hot assignment ``[G, N, M]``
 #: (up to 128/24 times the size of the values): every block's mixer. Clustering pools, a centre per
@@ -109,6 +107,18 @@ def _checked(name: str) -> str:
 
 
 _backend = _checked(os.environ.get("FEC_CLUSTER_BACKEND", "auto"))
+#: Backends implemented in another module, which registers its ``(cluster_mix, cluster_pool)`` here when
+#: imported (:func:`register_kernels`): ``"triton"`` by :mod:`fec_backbone.cluster_kernels`.
+_KERNELS: Dict[str, Tuple[Callable[..., Tuple[torch.Tensor, torch.Tensor]], ...]] = {}
+
+
+def register_kernels(name: str, mix: Callable[..., Tuple[torch.Tensor, torch.Tensor]],
+                     pool: Callable[..., Tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Make backend ``name`` (one of the known backends) run ``mix`` and ``pool``, which take the arguments
+    of :func:`cluster_mix` and :func:`cluster_pool` but ``backend``."""
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown clustering backend {name!r}; choose one of {_BACKENDS}")
+    _KERNELS[name] = (mix, pool)
 
 
 def get_backend() -> str:
@@ -126,9 +136,12 @@ def set_backend(name: str) -> None:
 def resolve_backend(backend: Optional[str], device: torch.device) -> str:
     """The backend a call uses: ``backend`` (or the default) with ``"auto"`` resolved for ``device``."""
     backend = backend or _backend
-    if backend != "auto":
-        return backend
-    return CUDA_DEFAULT_BACKEND if device.type == "cuda" else "torch"
+    if backend == "auto":
+        return CUDA_DEFAULT_BACKEND if device.type == "cuda" else "torch"
+    if backend == "triton" and backend not in _KERNELS:
+        raise RuntimeError("the triton clustering backend's kernels did not load (importing "
+                           "fec_backbone.cluster_kernels failed); use the 'torch' backend")
+    return backend
 
 
 #: ``F.normalize``'s default: rows shorter than this are divided by it instead of by their length.
@@ -137,8 +150,8 @@ NORMALIZE_EPS = 1e-12
 
 def unit_rows(x: torch.Tensor) -> torch.Tensor:
     """``F.normalize(x, dim=-1)``: ``[..., C]`` rows divided by ``max(length, 1e-12)``. Recorded for eager
-    autograd, it runs a written-out backward: 9 kernels per forward+backward instead of 17 (two per
-    clustering layer, where at batch 2 on a GPU the host issuing ops bounds the step)."""
+    autograd, it runs a written-out backward with fewer kernels than autograd's (two per clustering layer;
+    at a small batch on a GPU the host issuing kernels bounds the step)."""
     if records_autograd(x):
         return _UnitRows.apply(x)
     return F.normalize(x, dim=-1, eps=NORMALIZE_EPS)
@@ -244,9 +257,9 @@ def _cluster_sums(values: torch.Tensor, index: torch.Tensor, centres: int, backe
 @torch.library.custom_op("fec::cluster_sums", mutates_args=())
 def _cluster_sums_op(values: torch.Tensor, index: torch.Tensor, centres: int, use_torch_scatter: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     """:func:`_cluster_sums` as one opaque op for ``torch.compile``: Inductor calls the eager scatter
-    kernel instead of lowering the scatter-add into its own kernel. Its lowering is a fused kernel of
-    atomic adds into the few centres, which serialise: 18.3 ms per call against eager's 0.21 ms on an
-    H200 (FEC-S inference, batch 256, bf16), which made the compiled model slower than eager."""
+    kernel instead of lowering the scatter-add into its own kernel, a fused kernel of atomic adds into the
+    few centres, which serialise (on a GPU that lowering made the compiled model slower than eager;
+    ``benchmarks/results/README.md``)."""
     return _cluster_sums(values, index, centres, "torch_scatter" if use_torch_scatter else "torch")
 
 
@@ -321,6 +334,7 @@ def dispatch(clusters: torch.Tensor, sim: torch.Tensor, index: torch.Tensor) -> 
     return picked * sim.unsqueeze(-1)
 
 
+@register_notrace_function  # data-dependent (argmax, scatter, gather): FX graphs keep it as one call
 def cluster_mix(
     points: torch.Tensor,
     centers: torch.Tensor,
@@ -336,10 +350,8 @@ def cluster_mix(
     alpha and beta scalars (``[1]``) -> (mixed values ``[G, N, D]``, centre index per point ``[G, N]``).
     """
     backend = resolve_backend(backend, points.device)
-    if backend == "triton":
-        from . import cluster_kernels
-
-        return cluster_kernels.cluster_mix(points, centers, values, center_values, alpha, beta)
+    if backend in _KERNELS:
+        return _KERNELS[backend][0](points, centers, values, center_values, alpha, beta)
     if _uses_matmul(backend, centers.shape[1]):
         # Gathers and the scatter-add as products with the one-hot assignment: no atomic adds.
         unit_points, unit_centers = unit_rows(points), unit_rows(centers)
@@ -360,6 +372,7 @@ def cluster_mix(
     return dispatch(aggregate(values, center_values, index, backend), best, index), index
 
 
+@register_notrace_function
 def cluster_pool(
     points: torch.Tensor,
     centers: torch.Tensor,
@@ -374,10 +387,8 @@ def cluster_pool(
     argmax) depends on ``points`` and ``centers``, so no gradient reaches them.
     """
     backend = resolve_backend(backend, points.device)
-    if backend == "triton":
-        from . import cluster_kernels
-
-        return cluster_kernels.cluster_pool(points, centers, values, center_values)
+    if backend in _KERNELS:
+        return _KERNELS[backend][1](points, centers, values, center_values)
     index = nearest_centre(centers, points)
     assignment = one_hot_assignment(index, centers.shape[1], values.dtype) if _uses_matmul(backend, centers.shape[1]) else None
     return aggregate(values, center_values, index, backend, assignment), index

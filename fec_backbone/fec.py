@@ -8,62 +8,35 @@ clusters average their members with their centre, and each pixel receives its cl
 its similarity. GroupNorm with one group normalises throughout.
 
 Semantics follow the official ``models/fec.py`` (guikunchen/FEC); official ImageNet checkpoints load
-through :func:`checkpoint_filter_fn`. The clustering itself lives in :mod:`fec_backbone.cluster_ops`.
+through :func:`checkpoint_filter_fn`. The clustering itself lives in :mod:`fec_backbone.cluster_ops`,
+the channels-last fold regions and centre pooling in :mod:`fec_backbone.layout`.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, calculate_drop_path_rates, get_device_dtype, trunc_normal_
+from timm.layers import (DropPath, Mlp, calculate_drop_path_rates, get_device_dtype, register_notrace_function,
+                         trunc_normal_)
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
-from timm.models._features_fx import register_notrace_function
 
-from .cluster_ops import cluster_mix, cluster_pool
 from .checkpoint import CheckpointError, fit_state_dict, read_fec_weights
-from .norm import CUDA_LAYER_NORM_MIN_BATCH, TokenGroupNorm1  # single-group norm of the channels-last maps
+from .cluster_ops import cluster_mix, cluster_pool
+from .layout import (IntOrPair, block_centres, linear_nhwc, merge_regions, pair, pool_centres, split_regions, to_nchw,
+                     to_nhwc)
+from .norm import TokenGroupNorm1  # single-group norm of the channels-last maps
+from .variants import PRESETS, VARIANTS
 
 __all__ = [
     "FEC", "PRESETS", "VARIANTS", "check_input", "checkpoint_filter_fn", "count_parameters", "to_nchw", "to_nhwc"
 ]
 
-IntOrPair = Union[int, Tuple[int, int]]
 #: Called by a clustering layer with (layer, centre index per point [G, N], per-region map size (h, w)).
 Recorder = Callable[[nn.Module, torch.Tensor, Tuple[int, int]], None]
-
-#: Per-stage clustering layouts used by the reference for each task. ``proposals`` is the number of
-#: centres per side, ``folds`` the number of regions per side that cluster independently.
-PRESETS: Dict[str, Dict[str, Tuple[int, ...]]] = {
-    "classification": dict(proposals=(4, 4, 2, 2), folds=(1, 1, 1, 1)),  # ImageNet, 224 px
-    "segmentation": dict(proposals=(10, 10, 5, 5), folds=(1, 1, 1, 1)),  # ADE20K, 512 px
-    "detection": dict(proposals=(7, 7, 7, 7), folds=(2, 2, 1, 1)),  # COCO, 1333x800
-}
-
-
-def _pair(v: IntOrPair) -> Tuple[int, int]:
-    """``(rows, cols)`` as ints. Not timm's ``to_2tuple``: that keeps a list (as yacs configs give) a
-    list, and the layouts are compared and hashed as tuples."""
-    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
-
-
-def to_nchw(x: torch.Tensor) -> torch.Tensor:
-    """``[B, H, W, C]`` -> ``[B, C, H, W]`` view (channels_last memory, no copy)."""
-    return x.permute(0, 3, 1, 2)
-
-
-def to_nhwc(x: torch.Tensor) -> torch.Tensor:
-    """``[B, C, H, W]`` -> contiguous ``[B, H, W, C]`` (free for channels_last memory)."""
-    return x.permute(0, 2, 3, 1).contiguous()
-
-
-# The clustering step is data-dependent (argmax, scatter, gather): FX graphs keep it as one call.
-register_notrace_function(cluster_mix)
-register_notrace_function(cluster_pool)
 
 
 @register_notrace_function
@@ -82,135 +55,6 @@ def check_input(x: torch.Tensor, in_chans: int, divisor: int) -> None:
             f"FEC needs image height and width divisible by {divisor}, got {h}x{w}; "
             f"resize or pad the image (e.g. to {-(-h // divisor) * divisor}x{-(-w // divisor) * divisor})"
         )
-
-
-def _check_folds(h: int, w: int, folds: Tuple[int, int]) -> None:
-    fh, fw = folds
-    if h % fh or w % fw:
-        raise ValueError(
-            f"a {h}x{w} feature map cannot be split into {fh}x{fw} clustering regions: its height must "
-            f"be divisible by {fh} and its width by {fw}; change the input size or the model's `folds`"
-        )
-
-
-@register_notrace_function
-def split_regions(x: torch.Tensor, folds: Tuple[int, int]) -> torch.Tensor:
-    """``[B, H, W, S, E, C]`` (S tensors of E heads) -> ``[S, B*E*fh*fw, H/fh, W/fw, C]``.
-
-    In einops notation: ``b (fh h) (fw w) s e c -> s (b e fh fw) h w c``: a group is one head of one fold
-    region of one image, ordered (batch, head, region row, region column) as the reference's rearranges;
-    one copy.
-    """
-    b, h, w, s, e, c = x.shape
-    fh, fw = folds
-    _check_folds(h, w, folds)
-    x = x.view(b, fh, h // fh, fw, w // fw, s, e, c).permute(5, 0, 6, 1, 3, 2, 4, 7)
-    return x.reshape(s, b * e * fh * fw, h // fh, w // fw, c).contiguous()
-
-
-@register_notrace_function
-def merge_regions(x: torch.Tensor, batch: int, folds: Tuple[int, int]) -> torch.Tensor:
-    """Inverse of :func:`split_regions` for one tensor: ``[B*E*fh*fw, h, w, C]`` -> ``[B, fh*h, fw*w, E*C]``.
-
-    In einops notation: ``(b e fh fw) h w c -> b (fh h) (fw w) (e c)``.
-    """
-    g, h, w, c = x.shape
-    fh, fw = folds
-    e = g // (batch * fh * fw)
-    x = x.view(batch, e, fh, fw, h, w, c).permute(0, 2, 4, 3, 5, 1, 6)
-    return x.reshape(batch, fh * h, fw * w, e * c)
-
-
-@register_notrace_function
-def region_centres(fv: torch.Tensor, heads: int, proposals: Tuple[int, int], folds: Tuple[int, int]) -> torch.Tensor:
-    """Centres of every head and fold region straight from the fused map, no split copy of the map.
-
-    ``fv`` ``[B, H, W, 2*heads*C]`` (f and v channels) -> ``[2, B*heads*fh*fw, ph*pw, C]`` in the group
-    order of :func:`split_regions`. One adaptive average pool over the whole map with grid
-    ``(fh*ph, fw*pw)`` gives exactly each region's own ``(ph, pw)`` grid, because a region's bins
-    ``[floor(i*h/ph), ceil((i+1)*h/ph))`` are the whole map's bins shifted by the region's offset. The
-    pool is :func:`adaptive_mean_nhwc`, whose backward keeps no copy of ``fv``.
-    """
-    b, h, w, _ = fv.shape
-    (ph, pw), (fh, fw) = proposals, folds
-    _check_folds(h, w, folds)
-    pooled = adaptive_mean_nhwc(fv, (fh * ph, fw * pw))  # [B, fh*ph, fw*pw, 2*E*C]
-    # b (fh ph) (fw pw) (s e c) -> s (b e fh fw) (ph pw) c
-    pooled = pooled.view(b, fh, ph, fw, pw, 2, heads, -1).permute(5, 0, 6, 1, 3, 2, 4, 7)
-    return pooled.reshape(2, b * heads * fh * fw, ph * pw, pooled.shape[-1])
-
-
-@register_notrace_function
-def block_centres(
-    fv: torch.Tensor, split: torch.Tensor, heads: int, proposals: Tuple[int, int], folds: Tuple[int, int]
-) -> torch.Tensor:
-    """A block's centres ``[2, G, ph*pw, C]`` from its fused map ``fv`` ``[B, H, W, 2*heads*C]`` by
-    :func:`region_centres`, or from the split copy ``split`` ``[2, G, h, w, C]`` by adaptive average
-    pooling, as :func:`centres_by_products` decides."""
-    if centres_by_products(fv):
-        return region_centres(fv, heads, proposals, folds)
-    _, g, h, w, c = split.shape
-    return _centres(split.view(2 * g, h, w, c), proposals).view(2, g, -1, c)
-
-
-def centres_by_products(fv: torch.Tensor) -> bool:
-    """Whether a block pools its centres from its fused map ``fv`` with :func:`region_centres` (bin-matrix
-    products) rather than with ``F.adaptive_avg_pool2d`` over its split copy.
-
-    From one H200 (``benchmarks/bench_layers.py``, forward + backward of a stage-1 map of 192 channels):
-    products on CUDA below the norm's batch threshold (:data:`~fec_backbone.norm.CUDA_LAYER_NORM_MIN_BATCH`),
-    where the channels-last pool kernel is slow for a small grid over a large map (detection,
-    [2, 200, 336] -> 14x14: pool 1.97 ms, products 1.02 ms in bf16), and the pool elsewhere (batch 128,
-    [128, 56, 56] -> 4x4: 0.71 vs 1.23 ms; on the CPU the pool is faster too and keeps fvcore's FLOP
-    count equal to the official code's). The pool reads the split copy because its backward keeps its
-    input, which the rest of the block keeps anyway; the fused map is then freed."""
-    return fv.is_cuda and fv.shape[0] < CUDA_LAYER_NORM_MIN_BATCH
-
-
-def _bin_members(size: int, bins: int, device: torch.device) -> torch.Tensor:
-    """``[bins, size]`` 0/1 matrix: row ``i`` marks adaptive pooling's bin ``[floor(i*size/bins), ceil((i+1)*size/bins))``."""
-    i, pos = torch.arange(bins, device=device).unsqueeze(1), torch.arange(size, device=device)
-    return ((pos >= i * size // bins) & (pos < ((i + 1) * size + bins - 1) // bins)).float()
-
-
-def _bin_matrices(size: Tuple[int, int], grid: Tuple[int, int], device: torch.device,
-                  dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row and column bin matrices (``[gh, H]``, ``[gw, W]`` in ``dtype``) and the bin sizes ``[gh, gw, 1]``."""
-    rows, cols = _bin_members(size[0], grid[0], device), _bin_members(size[1], grid[1], device)
-    sizes = rows.sum(1).view(-1, 1, 1) * cols.sum(1).view(1, -1, 1)
-    return rows.to(dtype), cols.to(dtype), sizes
-
-
-@functools.lru_cache(maxsize=256)
-def _cached_bin_matrices(size: Tuple[int, int], grid: Tuple[int, int], device: torch.device,
-                         dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`_bin_matrices`, built once per shape: they cost 30 small ops, which on a GPU at batch 2 take
-    the host longer than the two products take the device. Built outside inference mode, so that a
-    first call under ``torch.inference_mode`` does not give later training steps inference tensors."""
-    with torch.inference_mode(False), torch.no_grad():
-        return _bin_matrices(size, grid, device, dtype)
-
-
-def adaptive_mean_nhwc(x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
-    """``F.adaptive_avg_pool2d`` of a channels-last map as two matrix products with 0/1 bin matrices:
-    ``[B, H, W, C]`` -> ``[B, gh, gw, C]``. The sums are divided by the bin sizes afterwards, so low
-    precision rounds no 1/size weight, and autograd keeps only the bin matrices, not ``x``."""
-    b, h, w, c = x.shape
-    build = _bin_matrices if torch.compiler.is_compiling() else _cached_bin_matrices
-    rows, cols, sizes = build((h, w), tuple(grid), x.device, x.dtype)
-    sums = torch.matmul(cols, x.reshape(b * h, w, c))  # [B*H, gw, C]
-    sums = torch.matmul(rows, sums.reshape(b, h, grid[1] * c)).view(b, grid[0], grid[1], c)
-    return (sums / sizes).to(x.dtype)
-
-
-def _centres(maps: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
-    """Adaptive-average-pooled centres of ``[G, h, w, C]`` maps -> ``[G, gh*gw, C]``."""
-    return F.adaptive_avg_pool2d(to_nchw(maps), grid).flatten(2).transpose(1, 2)
-
-
-def _linear(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
-    """A 1x1 convolution (weight ``[O, C, 1, 1]``) applied to a channels-last map ``[..., C]``."""
-    return F.linear(x, conv.weight.flatten(1), conv.bias)
 
 
 def coordinate_ramp(length: int, size: int, device: torch.device) -> torch.Tensor:
@@ -271,8 +115,8 @@ class ClusterMixer(nn.Module):
         dd = dict(device=device, dtype=dtype)
         self.heads = heads
         self.head_dim = head_dim
-        self.proposals = _pair(proposals)
-        self.folds = _pair(folds)
+        self.proposals = pair(proposals)
+        self.folds = pair(folds)
         self.f = nn.Conv2d(dim, heads * head_dim, kernel_size=1, **dd)
         self.v = nn.Conv2d(dim, heads * head_dim, kernel_size=1, **dd)
         self.proj = nn.Conv2d(heads * head_dim, dim, kernel_size=1, **dd)
@@ -291,7 +135,7 @@ class ClusterMixer(nn.Module):
         out, index = cluster_mix(f, f_centres, v, v_centres, self.sim_alpha, self.sim_beta)
         if self.recorder is not None:
             self.recorder(self, index, (rh, rw))
-        return _linear(merge_regions(out.view(g, rh, rw, c), b, self.folds), self.proj)
+        return linear_nhwc(merge_regions(out.view(g, rh, rw, c), b, self.folds), self.proj)
 
 
 class ClusterBlock(nn.Module):
@@ -363,7 +207,7 @@ class ClusterPool(nn.Module):
     def __init__(self, in_chans: int, out_chans: int, folds: IntOrPair = 1, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.folds = _pair(folds)
+        self.folds = pair(folds)
         self.norm2 = TokenGroupNorm1(out_chans, **dd)
         self.conv_f = FrozenConv1x1(in_chans, out_chans, **dd)
         self.conv_v = nn.Conv2d(in_chans, out_chans, kernel_size=1, **dd)
@@ -388,11 +232,11 @@ class ClusterPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         skip = to_nhwc(self.conv_skip(to_nchw(x)))
-        both = torch.stack((_linear(x.detach(), self.conv_f), _linear(x, self.conv_v)), dim=3)
+        both = torch.stack((linear_nhwc(x.detach(), self.conv_f), linear_nhwc(x, self.conv_v)), dim=3)
         both = split_regions(both.unsqueeze(4), self.folds)  # [2, B*regions, h, w, D]
         _, g, h, w, d = both.shape
         grid = (h // self.rate, w // self.rate)
-        centres = _centres(both.view(2 * g, h, w, d), grid).view(2, g, -1, d)
+        centres = pool_centres(both.view(2 * g, h, w, d), grid).view(2, g, -1, d)
         (f, v), (f_centres, v_centres) = both.view(2, g, h * w, d).unbind(), centres.unbind()
         out, index = cluster_pool(f, f_centres, v, v_centres)
         if self.recorder is not None:
@@ -740,14 +584,6 @@ default_cfgs = generate_default_cfgs(
         "fec_large.in1k": _cfg(),
     }
 )
-
-#: Architecture of each registered variant (constructor arguments of :class:`FEC`).
-VARIANTS: Dict[str, Dict[str, Any]] = {
-    "fec_small": dict(layers=(3, 4, 5, 2), embed_dims=(32, 64, 196, 320), heads=(4, 4, 8, 8), head_dim=24),
-    "fec_base": dict(layers=(2, 2, 6, 2), embed_dims=(64, 128, 320, 512), heads=(4, 4, 8, 8), head_dim=32),
-    "fec_large": dict(layers=(4, 4, 12, 4), embed_dims=(64, 128, 320, 512), heads=(6, 6, 12, 12), head_dim=32),
-}
-
 
 @register_model
 def fec_small(pretrained: bool = False, **kwargs: Any) -> FEC:

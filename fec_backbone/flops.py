@@ -7,8 +7,10 @@ zero. The tally per operator is returned, so nothing is hidden.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, List, Tuple
 
+import timm
 import torch
 import torch.nn as nn
 
@@ -67,14 +69,12 @@ def count_flops(model: nn.Module, image_size: Tuple[int, int] = (224, 224), in_c
     Returns ``{"flops": total, "by_operator": {...}, "unsupported": {...}}``; ``unsupported`` lists any
     operator that still has no handle (it should be empty for FEC).
     """
-    import warnings
-
     was_training = model.training
     model.eval()
     x = torch.zeros(1, in_chans, *image_size)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # fvcore uses torch.jit, deprecated in torch 2.x
-        from fvcore.nn import FlopCountAnalysis
+        warnings.simplefilter("ignore", FutureWarning)  # fvcore imports torch.jit parts deprecated in torch 2.x
+        from fvcore.nn import FlopCountAnalysis  # here, so that its import-time warnings are silenced too
 
         analysis = FlopCountAnalysis(model, x).set_op_handle(**FLOP_HANDLES)
         analysis.unsupported_ops_warnings(False)
@@ -90,8 +90,6 @@ def count_flops(model: nn.Module, image_size: Tuple[int, int] = (224, 224), in_c
 
 def flops_table(names: List[str], image_size: int = 224) -> str:
     """A text table of parameters and fvcore GFLOPs per model at ``image_size`` px."""
-    import timm
-
     rows = [f"{'model':<12}{'params':>14}{'GFLOPs':>10}  unsupported ops"]
     for name in names:
         model = timm.create_model(name)

@@ -10,18 +10,14 @@ channels-last map ``[B, H, W, C]`` two formulations give the same numbers:
   ``x * scale + shift`` with per-sample, per-channel ``scale = weight * rstd`` and
   ``shift = bias - mean * scale``. Every op spreads over all elements, whatever the batch.
 
-Which is used (:func:`choose_formulation`), from one NVIDIA H200 (forward + backward, alone;
-``../shared/measurements/h200-2026-11-27/groupnorm1_channels_last_microbench.log``) and the CPU:
+Which is used (:func:`choose_formulation`; the measurements behind the rule are in
+``benchmarks/results/README.md``):
 
-* CUDA, eager: ``layer_norm`` when the batch is at least :data:`CUDA_LAYER_NORM_MIN_BATCH`, else
-  ``var_mean``. Measured: [2, 200, 336, 32] (detection, batch 2) bf16 4.95 ms vs 0.56 ms, fp32 6.84 vs
-  0.55 ms; [128, 56, 56, 32] (classification, batch 128) bf16 0.70 ms vs 0.95 ms. Layer norm fills the
-  132 multiprocessors of an H200 only with tens of samples; the threshold is set between the two.
-* CUDA under ``torch.compile``: ``var_mean`` (Inductor generates the kernels; measured 0.65 vs 0.66 ms
-  at batch 2 and 0.64 vs 0.76 ms at batch 128).
-* CPU (and any other device), eager or compiled: ``layer_norm``, the faster of the two on the CPU
-  (``benchmarks/bench_layers.py``, one thread: 53 vs 57 ms at [2, 100, 168, 32], 117 vs 152 ms at
-  [128, 28, 28, 32]); ONNX exports, traced on the CPU, keep it too.
+* CUDA, eager: ``var_mean`` below :data:`CUDA_LAYER_NORM_MIN_BATCH` samples, ``layer_norm`` from there on
+  (layer norm fills a GPU only with tens of samples).
+* CUDA under ``torch.compile``: ``var_mean`` (Inductor generates the kernels).
+* CPU (and any other device), eager or compiled: ``layer_norm``, the faster of the two there; ONNX
+  exports, traced on the CPU, keep it too.
 
 Low-precision inputs (bf16/fp16) are normalised in float32 by both formulations, as autocast does for
 ``layer_norm`` and ``group_norm``; the result has the dtype of ``x`` promoted with the weight's (float32
@@ -35,13 +31,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
-from timm.models._features_fx import register_notrace_function
+from timm.layers import register_notrace_function
+
+from .tracing import records_autograd
 
 __all__ = ["FORMULATIONS", "CUDA_LAYER_NORM_MIN_BATCH", "choose_formulation", "group_norm1_nhwc", "TokenGroupNorm1"]
 
 FORMULATIONS = ("layer_norm", "var_mean")
 
-#: On CUDA (eager), the smallest batch for which ``layer_norm`` beats ``var_mean`` (see module doc).
+#: On CUDA (eager), the smallest batch for which ``layer_norm`` beats ``var_mean`` (measured).
 CUDA_LAYER_NORM_MIN_BATCH = 64
 
 
@@ -97,18 +95,10 @@ def _affine(x: torch.Tensor, xs: torch.Tensor, mean: torch.Tensor, rstd: torch.T
     return torch.addcmul(shift, xs, scale).to(torch.promote_types(x.dtype, weight.dtype))
 
 
-def records_autograd(*tensors: torch.Tensor) -> bool:
-    """Eager autograd will record this call. Compiled, exported and JIT-traced graphs (fvcore's FLOP
-    count traces) see the plain formula instead: they derive their own backward or none."""
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
-    return (torch.is_grad_enabled() and any(t.requires_grad for t in tensors) and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling() and not exporting)
-
-
 class _VarMeanGroupNorm1(torch.autograd.Function):
-    """The ``var_mean`` formulation with a written-out backward: 21 kernels per forward+backward where
-    autograd's derivation of the same formula runs 33. At batch 2 on a GPU each costs the host more time
-    than the device (a detection step runs 32 of these norms; ``benchmarks/results/h200-2026-11-28``).
+    """The ``var_mean`` formulation with a written-out backward, which runs fewer kernels than autograd's
+    derivation of the same formula (at a small batch on a GPU each kernel costs the host more time than the
+    device; counted by ``benchmarks/count_ops.py``).
 
     With ``y = (x - mean) * rstd`` over each sample's ``N = H*W*C`` values and ``gw = grad * weight``:
     ``dx = rstd * (gw - mean_N(gw) - y * mean_N(gw * y))``, ``dweight = sum(grad * y)``, ``dbias = sum(grad)``;

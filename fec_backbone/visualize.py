@@ -19,7 +19,7 @@ import os
 import re
 import textwrap
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import timm
@@ -79,8 +79,8 @@ def load_fec_backbone(
 
     The checkpoint decides the layers: stages or the final norm that a Detectron2/smp backbone pruned
     are pruned here too; every remaining key of the FEC (stem, stages, norm) must match in name and
-    shape (else :class:`CheckpointError`); other modules under the prefix (an smp encoder's
-    ``out_norms``) are listed in the returned info. ``use_ema`` prefers the EMA weights of a training
+    shape (else :class:`CheckpointError`); what the clusters do not use (output norms, other modules under
+    the prefix) is listed in the returned info. ``use_ema`` prefers the EMA weights of a training
     checkpoint (as the reference's ``cluster_visualize.py`` loads them). ``preset`` defaults to ``detection`` for weights under ``backbone.``
     (Detectron2), ``segmentation`` under ``encoder.`` (smp), else ``classification``.
     """
@@ -99,11 +99,11 @@ def load_fec_backbone(
     has_norm = any(k.startswith("norm.") for k in state)
     if stages[-1] < len(model.stages) - 1 or not has_norm:
         model.prune_intermediate_layers([stages[-1]], prune_norm=not has_norm, prune_head=True)
-    load_fec_weights(model, state)  # raises CheckpointError on missing/unexpected/mis-shaped keys
+    ignored += load_fec_weights(model, state).ignored  # CheckpointError on missing/unexpected/mis-shaped keys
     info.update(preset=preset, prefix=prefix or "(none)", stages=str(len(model.stages)))
     if ignored:
         modules = sorted({k.split(".", 1)[0] for k in ignored})
-        info["not FEC layers, ignored"] = f"{', '.join(modules)} ({len(ignored)} tensors)"
+        info["not used here, ignored"] = f"{', '.join(modules)} ({len(ignored)} tensors)"
     return model.eval(), info
 
 

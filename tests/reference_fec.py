@@ -135,7 +135,10 @@ class PatchEmbed(nn.Module):
 
 
 class RefFEC(nn.Module):
-    """The official FEC classifier (``fork_feat=False``), state-dict compatible with its checkpoints."""
+    """The official FEC classifier (``fork_feat=False``), state-dict compatible with its checkpoints; with
+    ``fork_feat=True`` the official dense-prediction backbone (``fec_*_seg``/``fec_*_det``): no final norm
+    and classifier, and the four stage outputs returned each through its own single-group norm
+    ``norm0``/``norm2``/``norm4``/``norm6`` (named by the ``network`` index of the stage)."""
 
     def __init__(
         self,
@@ -147,8 +150,10 @@ class RefFEC(nn.Module):
         proposals: Sequence[int] = (4, 4, 2, 2),
         folds: Sequence[int] = (1, 1, 1, 1),
         num_classes: int = 1000,
+        fork_feat: bool = False,
     ):
         super().__init__()
+        self.fork_feat = fork_feat
         self.patch_embed = PatchEmbed(5, embed_dims[0])
         network: List[nn.Module] = []
         for i, n in enumerate(layers):
@@ -159,21 +164,35 @@ class RefFEC(nn.Module):
             if i < len(layers) - 1:
                 network.append(RefPool(embed_dims[i], embed_dims[i + 1], (folds[i + 1],) * 2))
         self.network = nn.ModuleList(network)
-        self.norm = nn.GroupNorm(1, embed_dims[-1])
-        self.head = nn.Linear(embed_dims[-1], num_classes)
+        if fork_feat:
+            for i, dim in enumerate(embed_dims):
+                self.add_module(f"norm{2 * i}", nn.GroupNorm(1, dim))
+        else:
+            self.norm = nn.GroupNorm(1, embed_dims[-1])
+            self.head = nn.Linear(embed_dims[-1], num_classes)
 
-    def forward_features(self, x):
+    def embed(self, x):
         b, _, h, w = x.shape
         rows = torch.arange(0, h, step=1) / (h - 1.0)
         cols = torch.arange(0, w, step=1) / (w - 1.0)
         pos = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).float().to(x.device) - 0.5
-        x = self.patch_embed(torch.cat([x, pos.permute(2, 0, 1).unsqueeze(0).expand(b, -1, -1, -1)], dim=1))
+        return self.patch_embed(torch.cat([x, pos.permute(2, 0, 1).unsqueeze(0).expand(b, -1, -1, -1)], dim=1))
+
+    def forward_features(self, x):
+        x = self.embed(x)
         for stage in self.network:
             x = stage(x)
         return self.norm(x)
 
     def forward(self, x):
-        return self.head(self.forward_features(x).mean([-2, -1]))
+        if not self.fork_feat:
+            return self.head(self.forward_features(x).mean([-2, -1]))
+        x, outs = self.embed(x), []
+        for i, stage in enumerate(self.network):
+            x = stage(x)
+            if i % 2 == 0:
+                outs.append(getattr(self, f"norm{i}")(x))
+        return outs
 
 
 REF_ARGS = {

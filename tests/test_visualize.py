@@ -143,7 +143,7 @@ def test_smp_and_official_checkpoints_load(tmp_path):
     path = _save({"model": state, "iteration": 3}, tmp_path / "smp.pth")
     model, info = load_fec_backbone("fec_small", path)
     assert info["prefix"] == "encoder." and info["preset"] == "segmentation"
-    assert info["not FEC layers, ignored"] == "out_norms (4 tensors)"
+    assert info["not used here, ignored"] == "out_norms (4 tensors)"
     assert all(torch.equal(model.state_dict()[k], v) for k, v in encoder.state_dict().items())
 
     official = reference_model("fec_small").state_dict()  # official key layout, with a 1000-class head

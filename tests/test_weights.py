@@ -108,7 +108,8 @@ def test_wrappers_and_prefixes(tmp_path):
         fec_backbone.load_fec_weights(model, path)
         assert _equal_to(model.state_dict(), official), name
     weights, prefix, ignored = extract_fec_weights(tmp_path / "mmdet.pth")
-    assert prefix == "backbone." and ignored == ["norm0.weight"] and "stem.proj.weight" in weights
+    assert prefix == "backbone." and ignored == [] and "stem.proj.weight" in weights
+    assert torch.equal(weights["out_norms.0.weight"], torch.ones(32))  # the official output norm norm0
     with pytest.raises(CheckpointError, match="no FEC weights under the prefix 'encoder.'"):
         fec_backbone.read_fec_weights(tmp_path / "mmdet.pth", prefix="encoder.")
 
@@ -175,3 +176,50 @@ def test_validate_and_visualize_take_the_ema_weights(saver_file, tmp_path):
     plain_result = validate(common + ["--no-use-ema"])
     assert ema["model"] == "fec_small" and ema["use_ema"] and not plain_result["use_ema"]
     assert ema["loss"] != plain_result["loss"]  # different weights give different losses on the same images
+
+
+def official_dense_file(path, preset: str = "detection", seed: int = 3):
+    """A file in the layout of an official mmdet / mmseg checkpoint's backbone: ``meta`` and ``state_dict``
+    with ``backbone.`` + the dense-prediction FEC's keys (``patch_embed``, ``network.<i>``, the output norms
+    ``norm0/2/4/6``; no final norm, no classifier) and a neck tensor; random weights. Returns the file and
+    the official backbone (the oracle) holding those weights."""
+    from fec_backbone import PRESETS
+    from helpers import randomize_scalars
+
+    torch.manual_seed(seed)
+    ref = reference_model("fec_small", fork_feat=True, **PRESETS[preset])
+    randomize_scalars(ref)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.startswith("norm"):
+                p.add_(0.3 * torch.randn_like(p))
+    state = {f"backbone.{k}": v for k, v in ref.state_dict().items()}
+    state["neck.lateral_convs.0.conv.weight"] = torch.zeros(256, 32, 1, 1)
+    torch.save({"meta": {"mmdet_version": "2.24.0", "CLASSES": ("person",), "epoch": 12}, "state_dict": state}, path)
+    return path, ref.eval()
+
+
+def test_an_official_downstream_backbone_loads_into_every_timm_route(tmp_path):
+    """The backbone of an official detection/segmentation checkpoint: into a classifier (its final norm and
+    classifier, which the file lacks, keep their initial values and are said so), ``features_only`` (no
+    complaint about the final norm it does not use), and ``features_only`` with ``feature_norms`` (the
+    output norms ``norm0/2/4/6`` loaded too), also through timm's ``pretrained_cfg_overlay`` route; the
+    output-normed maps equal the official backbone's."""
+    path, ref = official_dense_file(tmp_path / "mask_rcnn_fec_small_fpn_1x_coco.pth")
+    classifier = timm.create_model("fec_small", preset="detection")
+    result = fec_backbone.load_fec_weights(classifier, path)
+    assert sorted(result.kept_initial) == ["head.bias", "head.weight", "norm.bias", "norm.weight"]
+    assert [k for k in result.ignored if k.startswith("out_norms.")] and len(result.loaded) == 278
+    plain = timm.create_model("fec_small", features_only=True, preset="detection")
+    assert fec_backbone.load_fec_weights(plain, path).kept_initial == []
+    dense = timm.create_model("fec_small", features_only=True, preset="detection", feature_norms=True)
+    loaded = fec_backbone.load_fec_weights(dense, path)
+    assert loaded.kept_initial == [] and loaded.ignored == [] and len(loaded.loaded) == 286
+    routed = timm.create_model("fec_small", features_only=True, preset="detection", feature_norms=True, pretrained=True,
+                               pretrained_cfg_overlay=dict(file=str(path)))
+    x = torch.randn(1, 3, 64, 96, dtype=torch.float64)
+    with torch.no_grad():
+        expected = ref.double()(x)
+        for model in (dense, routed):
+            for ours, theirs in zip(model.double().eval()(x), expected):
+                assert (ours - theirs).abs().max() <= 1e-10 * theirs.abs().max()

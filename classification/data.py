@@ -12,8 +12,9 @@ import math
 import os
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from timm.data import ImageDataset
 from timm.data.readers.class_map import load_class_map
 from timm.data.readers.img_extensions import get_img_extensions
@@ -23,6 +24,7 @@ from torch.utils.data import Sampler
 
 __all__ = [
     "DatasetError",
+    "posterize_to_any_bits",
     "ImageReadError",
     "scan_split",
     "CheckedImageDataset",
@@ -178,3 +180,27 @@ def class_counts(dataset: CheckedImageDataset) -> torch.Tensor:
     """Images per class, ``[num_classes]``."""
     targets = torch.tensor([t for _, t in dataset.reader.samples], dtype=torch.long)
     return torch.bincount(targets, minlength=len(dataset.class_names))
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **_: object) -> Image.Image:
+    """timm's posterize with Pillow < 12's result at 0 bits kept (a black image), where Pillow 12 raises."""
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.fromarray(np.zeros_like(np.asarray(img)), img.mode)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def posterize_to_any_bits(transform: object) -> object:
+    """``transform`` (timm's) with its RandAugment posterize ops made to accept 0 bits, in place.
+
+    timm's ``rand-m9-mstd0.5-inc1`` draws magnitudes up to 10, where "PosterizeIncreasing" keeps 0 bits:
+    Pillow before 12 returned a black image, Pillow 12 raises ``ValueError: bits must be between or equal
+    to 1 and 8`` in the data loader, some way into training. The black image is what the official recipe
+    trained with."""
+    for t in getattr(transform, "transforms", ()):
+        posterize_to_any_bits(t)
+    for op in getattr(transform, "ops", ()):
+        if "Posterize" in getattr(op, "name", ""):
+            op.aug_fn = _posterize
+    return transform

@@ -17,12 +17,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
-
-if __package__ in (None, ""):  # run as a file: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import timm
 import torch
@@ -36,7 +32,8 @@ from timm.utils import ModelEmaV3, NativeScaler, init_distributed_device, random
 from torch.utils.data import DataLoader, DistributedSampler
 
 import fec_backbone  # noqa: F401  (registers the FEC models with timm)
-from classification.data import DatasetError, ImageReadError, ShardSampler, build_dataset, class_counts
+from classification.data import (DatasetError, ImageReadError, ShardSampler, build_dataset, class_counts,
+                                 posterize_to_any_bits)
 from classification.engine import (
     AtomicCheckpointSaver,
     amp_autocast,
@@ -256,11 +253,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         raise SystemExit(f"error: FEC needs an input size divisible by 32, got {data_config['input_size'][1:]}")
     log(f"model: {args.model}, {sum(p.numel() for p in model.parameters()):,} parameters; data config {data_config}")
 
-    train_set.transform = create_transform(
+    train_set.transform = posterize_to_any_bits(create_transform(
         data_config["input_size"], is_training=True, no_aug=args.no_aug, scale=tuple(args.scale),
         ratio=tuple(args.ratio), hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
         auto_augment=args.aa or None, interpolation=args.train_interpolation, mean=data_config["mean"],
-        std=data_config["std"], re_prob=args.reprob, re_mode=args.remode, re_count=args.recount)
+        std=data_config["std"], re_prob=args.reprob, re_mode=args.remode, re_count=args.recount))
     val_set.transform = create_transform(
         data_config["input_size"], is_training=False, interpolation=data_config["interpolation"],
         mean=data_config["mean"], std=data_config["std"], crop_pct=data_config["crop_pct"],
@@ -286,10 +283,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum, **opt_kwargs)
     updates_per_epoch = len(train_loader) // args.grad_accum_steps
-    lr_scheduler = create_scheduler_v2(
+    # the epochs to train are the scheduler's: --epochs of the schedule plus --cooldown-epochs at min_lr
+    lr_scheduler, num_epochs = create_scheduler_v2(
         optimizer, sched=args.sched, num_epochs=args.epochs, warmup_epochs=args.warmup_epochs,
         warmup_lr=args.warmup_lr, min_lr=args.min_lr, cooldown_epochs=args.cooldown_epochs,
-        step_on_epochs=not args.sched_on_updates, updates_per_epoch=updates_per_epoch)[0]
+        step_on_epochs=not args.sched_on_updates, updates_per_epoch=updates_per_epoch)
     autocast = amp_autocast(device, args.amp, args.amp_dtype)
     loss_scaler = NativeScaler(device=device.type) if args.amp and args.amp_dtype == "float16" else None
     model_ema = None
@@ -357,11 +355,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             tb = SummaryWriter(os.path.join(args.output, "tb"), purge_step=start_epoch)
     del resume_state
 
-    log(f"training epochs {start_epoch}..{args.epochs - 1}: global batch {args.batch_size} ({args.world_size} "
+    log(f"training epochs {start_epoch}..{num_epochs - 1} ({args.epochs} scheduled + {args.cooldown_epochs} cooldown): "
+        f"global batch {args.batch_size} ({args.world_size} "
         f"process(es) x {args.grad_accum_steps} accumulation x {micro_batch}), {updates_per_epoch} steps per epoch, "
         f"output {args.output}")
     result: Dict[str, Any] = {"output": args.output}
-    for epoch in range(start_epoch, args.epochs):
+    for epoch in range(start_epoch, num_epochs):
         seed_epoch(args.seed, epoch, args.rank, loader_generator)
         train_sampler.set_epoch(epoch)
         if mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
@@ -397,8 +396,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         result.update(epoch=epoch, train=train_metrics, eval=eval_metrics)
     if primary and saver is not None and saver.best_metric is not None:
         log(f"best top-1 {saver.best_metric:.2f}% at epoch {saver.best_epoch}; checkpoints in {args.output}")
-    if start_epoch >= args.epochs:
-        log(f"nothing to do: the run already finished its {args.epochs} epochs")
+    if start_epoch >= num_epochs:
+        log(f"nothing to do: the run already finished its {num_epochs} epochs")
     if tb is not None:
         tb.close()
     if args.distributed:

@@ -5,8 +5,8 @@
 
 The checkpoint is one of ours (from ``classification.train``: its model, classes and data config are
 taken from it) or an official FEC checkpoint (a ``CheckpointSaver`` training file, a plain state dict or
-``.safetensors``; 1000 ImageNet classes, the model's pretrained-cfg transforms: resize to size/0.9,
-centre crop, bicubic). EMA weights are evaluated when the file has them (``--no-use-ema``: the plain ones). The class folders of the
+``.safetensors``; 1000 ImageNet classes, the model's pretrained-cfg transforms: resize to size/0.875,
+centre crop, bicubic, as the official validate.py evaluated). EMA weights are evaluated when the file has them (``--no-use-ema``: the plain ones). The class folders of the
 split are numbered in sorted order unless the checkpoint records its classes or ``--class-map`` gives them.
 """
 from __future__ import annotations
@@ -15,11 +15,7 @@ import argparse
 import json
 import logging
 import os
-import sys
 from typing import Any, Dict, List, Optional
-
-if __package__ in (None, ""):  # run as a file: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import timm
 import torch

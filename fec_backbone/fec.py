@@ -566,7 +566,7 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
         "num_classes": 1000,
         "input_size": (3, 224, 224),
         "pool_size": (7, 7),
-        "crop_pct": 0.9,
+        "crop_pct": 0.875,  # the official figures' evaluation crop (timm's default; see docs/classification.md)
         "interpolation": "bicubic",
         "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD,

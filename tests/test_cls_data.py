@@ -107,3 +107,26 @@ def test_shard_sampler_covers_every_sample_once():
     shards = [list(ShardSampler(11, r, 3)) for r in range(3)]
     assert sorted(i for s in shards for i in s) == list(range(11))
     assert [len(ShardSampler(11, r, 3)) for r in range(3)] == [len(s) for s in shards]
+
+
+def test_the_recipes_randaugment_survives_posterize_to_zero_bits():
+    """``rand-m9-mstd0.5-inc1`` reaches magnitude 10, where PosterizeIncreasing keeps 0 bits: Pillow 12 raises
+    there (an ImageNet run crashed some epochs in); the training transform gives the black image that
+    Pillow < 12 gave, and posterizes as before otherwise."""
+    import numpy as np
+    import PIL
+    from PIL import Image, ImageOps
+    from timm.data import create_transform
+
+    from classification.data import posterize_to_any_bits
+
+    transform = create_transform(32, is_training=True, auto_augment="rand-m9-mstd0.5-inc1")
+    ops = [op for t in transform.transforms for op in getattr(t, "ops", ()) if "Posterize" in op.name]
+    assert ops, transform
+    img = Image.new("RGB", (32, 32), (200, 100, 50))
+    if int(PIL.__version__.split(".")[0]) >= 12:
+        with pytest.raises(ValueError, match="bits"):
+            ops[0].aug_fn(img, 0)
+    posterize_to_any_bits(transform)
+    assert np.asarray(ops[0].aug_fn(img, 0)).max() == 0
+    assert np.array_equal(np.asarray(ops[0].aug_fn(img, 3)), np.asarray(ImageOps.posterize(img, 3)))

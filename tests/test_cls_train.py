@@ -79,10 +79,24 @@ def test_training_runs_and_validate_agrees(toy, tmp_path):
                     "--resume", os.path.join(out, "last.pth.tar")])
 
 
+def test_cooldown_epochs_are_trained_at_the_minimum_lr(tiny, tmp_path):
+    """The official recipe trains 300 cosine epochs and then 10 at min_lr (the scheduler returns 310, and the
+    official train.py loops to that): ``--cooldown-epochs`` adds epochs, the last ones at ``--min-lr``."""
+    out = str(tmp_path / "run")
+    train.main(["-c", TOY_CFG, "--data-dir", tiny, "--img-size", "32", "-b", "8", "--epochs", "2",
+                "--cooldown-epochs", "2", "--warmup-epochs", "0", "--no-sched-on-updates", "--min-lr", "1e-5",
+                "--workers", "0", "--threads", "1", "--output", out])
+    rows = _rows(os.path.join(out, "summary.csv"))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2", "3"]
+    assert [float(r["lr"]) for r in rows[2:]] == [1e-5, 1e-5] and float(rows[0]["lr"]) > 1e-4
+    in1k = train.parse_args(["-c", IN1K_CFG])[0]
+    assert (in1k.epochs, in1k.cooldown_epochs, in1k.warmup_epochs) == (300, 10, 5)
+
+
 def test_resume_after_kill_continues_identically(tiny, tmp_path):
     # the full reference recipe (RandAugment, mixup/cutmix, random erasing, smoothing, drop path) with EMA
     # and a loader worker, so that every random source must be restored
-    args = ["-c", IN1K_CFG, "--data-dir", tiny, "--img-size", "32", "-b", "8", "--epochs", "2",
+    args = ["-c", IN1K_CFG, "--data-dir", tiny, "--img-size", "32", "-b", "8", "--epochs", "2", "--cooldown-epochs", "0",
             "--warmup-epochs", "1", "--workers", "1", "--model-ema", "--no-amp", "--threads", "1",
             "--log-interval", "1"]
     straight = str(tmp_path / "straight")

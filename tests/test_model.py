@@ -149,7 +149,7 @@ def test_timm_model_api():
     model = timm.create_model("fec_small", num_classes=7, drop_path_rate=0.1)
     assert timm.is_model("fec_small") and "fec_large" in timm.list_models("fec_*")
     cfg = model.pretrained_cfg
-    assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.9 and cfg["interpolation"] == "bicubic"
+    assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.875 and cfg["interpolation"] == "bicubic"
     assert cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN and cfg["first_conv"] == "stem.proj"
     x = torch.randn(2, 3, 96, 96)
     model.eval()
@@ -166,7 +166,7 @@ def test_timm_model_api():
     groups = model.group_matcher()
     assert groups["stem"] == r"^stem"
     data_cfg = timm.data.resolve_data_config({}, model=model)
-    assert data_cfg["crop_pct"] == 0.9 and data_cfg["interpolation"] == "bicubic"
+    assert data_cfg["crop_pct"] == 0.875 and data_cfg["interpolation"] == "bicubic"
 
 
 def test_forward_intermediates_and_pruning():

@@ -12,7 +12,12 @@ official FEC ImageNet checkpoint into the encoder's state dict and writes that s
     python -m seg_plugin.weights status
 
 Afterwards ``smp.Unet("fec_s")`` loads them; before, it raises :class:`WeightsNotInstalledError`, which
-says to run the command or pass ``encoder_weights=None``.
+says to run the command or pass ``encoder_weights=None``. :func:`load_imagenet_weights` puts the same
+weights into an encoder built without them (``fec_s`` or smp's ``tu-fec_small`` route), so that a model's
+saved config need not ask for them: the trainer builds FEC encoders that way.
+
+This module depends on the core package only (it builds the converted state dict from
+:class:`fec_backbone.FEC`); :mod:`seg_plugin.encoder` builds smp's registry entries from it.
 """
 from __future__ import annotations
 
@@ -25,14 +30,15 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional
 
 import torch
+import torch.nn as nn
 from huggingface_hub import constants
 from huggingface_hub.file_download import repo_folder_name
 
-from fec_backbone import CheckpointError, detect_variant, fit_state_dict, read_fec_weights
+from fec_backbone import FEC, VARIANTS, CheckpointError, detect_variant, fit_state_dict, read_fec_weights
 from fec_backbone.training import atomic_write
 
-__all__ = ["ENCODER_VARIANTS", "REVISION", "WeightsNotInstalledError", "install", "installed_path",
-           "pretrained_settings", "repo_id"]
+__all__ = ["ENCODER_VARIANTS", "REVISION", "WeightsNotInstalledError", "encoder_base", "install", "installed_path",
+           "load_encoder_weights", "load_imagenet_weights", "pretrained_settings", "repo_id"]
 
 #: smp encoder name -> FEC variant (timm name).
 ENCODER_VARIANTS: Dict[str, str] = {"fec_s": "fec_small", "fec_b": "fec_base", "fec_l": "fec_large"}
@@ -64,6 +70,28 @@ def installed_path(encoder: str, cache_dir: Optional[str | os.PathLike] = None) 
     return snapshot / WEIGHTS_FILE if installed else None
 
 
+def encoder_base(name: str) -> Optional[str]:
+    """The registry encoder (``fec_s``/``fec_b``/``fec_l``) whose ImageNet weights fit the smp encoder
+    ``name``: itself, or the one of smp's timm route to the same variant (``tu-fec_small`` -> ``fec_s``;
+    a timm pretrained tag is ignored); None for other encoders."""
+    if name in ENCODER_VARIANTS:
+        return name
+    if name.startswith("tu-"):
+        variant = name[3:].split(".", 1)[0]
+        return next((base for base, v in ENCODER_VARIANTS.items() if v == variant), None)
+    return None
+
+
+def _not_installed(encoder: str, base: str) -> WeightsNotInstalledError:
+    return WeightsNotInstalledError(
+        f"FEC ImageNet weights for smp encoder {encoder!r} are not installed (looked in "
+        f"{_snapshot(base)}). FEC weights are not on the Hugging Face Hub; convert the official "
+        f"checkpoint once with\n    python -m seg_plugin.weights install --encoder {base} "
+        f"--checkpoint /path/to/{ENCODER_VARIANTS[base]}.pth\n"
+        f"or build the model without them: smp.Unet({encoder!r}, encoder_weights=None)"
+    )
+
+
 class _FecPretrainedSettings(dict):
     """smp's ``pretrained_settings`` mapping (``{"imagenet": {"repo_id", "revision"}}``) that checks,
     when smp looks the weights up, that they are installed, and otherwise says how to install them."""
@@ -75,13 +103,7 @@ class _FecPretrainedSettings(dict):
     def __getitem__(self, key: str) -> Dict[str, str]:
         settings = super().__getitem__(key)
         if installed_path(self.base) is None:
-            raise WeightsNotInstalledError(
-                f"FEC ImageNet weights for smp encoder {self.encoder!r} are not installed (looked in "
-                f"{_snapshot(self.base)}). FEC weights are not on the Hugging Face Hub; convert the official "
-                f"checkpoint once with\n    python -m seg_plugin.weights install --encoder {self.base} "
-                f"--checkpoint /path/to/{ENCODER_VARIANTS[self.base]}.pth\n"
-                f"or build the model without them: smp.Unet({self.encoder!r}, encoder_weights=None)"
-            )
+            raise _not_installed(self.encoder, self.base)
         return settings
 
     def __reduce__(self):
@@ -96,18 +118,66 @@ def pretrained_settings(encoder: str, base: Optional[str] = None) -> Dict[str, D
     return _FecPretrainedSettings(encoder, base)
 
 
+def _encoder_target(encoder: str) -> FEC:
+    """A fresh core model with exactly the state-dict keys of ``encoder``'s smp encoder at depth 5: the
+    variant with its output norms (``feature_norms``), no classifier, no final norm."""
+    target = FEC(**VARIANTS[ENCODER_VARIANTS[encoder]], num_classes=0, feature_norms=True)
+    target.prune_intermediate_layers(list(range(len(target.stages))), prune_norm=True, prune_head=True)
+    return target
+
+
 def convert(state_dict: Mapping[str, torch.Tensor], encoder: str) -> Dict[str, torch.Tensor]:
     """FEC weights (:func:`fec_backbone.read_fec_weights`) as ``encoder``'s full state dict (depth 5).
 
     Stem and stages come from the checkpoint; the output norms, which the ImageNet model does not have,
     keep their fresh initialisation (weight 1, bias 0), as in the reference's segmentation backbone.
     """
-    from .encoder import FecEncoder, encoder_params
-
-    target = FecEncoder(**encoder_params(encoder))
+    target = _encoder_target(encoder)
     out = fit_state_dict(state_dict, target, allow_missing=("out_norms.",))
     out.update({k: v for k, v in target.state_dict().items() if k.startswith("out_norms.")})
     return {k: v.detach().contiguous() for k, v in out.items()}
+
+
+def _fec_of(encoder: nn.Module) -> FEC:
+    """The core model inside an smp encoder: the registry encoder itself, or the model that smp's
+    ``tu-`` route wraps (``TimmUniversalEncoder.model``, timm's feature wrapper, ``.model``)."""
+    if isinstance(encoder, FEC):
+        return encoder
+    inner = getattr(getattr(encoder, "model", None), "model", None)
+    if isinstance(inner, FEC):
+        return inner
+    raise TypeError(f"{type(encoder).__name__} is not an FEC smp encoder (fec_s/b/l or tu-fec_*)")
+
+
+def load_encoder_weights(encoder: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load FEC weights in this package's layout (an installed snapshot, or
+    :func:`fec_backbone.read_fec_weights` of an official checkpoint) into an smp FEC encoder of either
+    route, checked key by key (:func:`fec_backbone.fit_state_dict`): the classifier, the final norm and
+    stages or output norms beyond the encoder's depth are left out, output norms the weights lack keep
+    their initial values, another ``in_channels`` adapts the stem."""
+    fec = _fec_of(encoder)
+    state = dict(state_dict)
+    if fec.out_norms is None:
+        state = {k: v for k, v in state.items() if not k.startswith("out_norms.")}
+    fec.load_state_dict(fit_state_dict(state, fec, allow_missing=("out_norms.",), staged=("out_norms",)))
+
+
+def load_imagenet_weights(encoder: nn.Module, name: str, cache_dir: Optional[str | os.PathLike] = None) -> Path:
+    """Load the installed ImageNet weights of smp encoder ``name`` (``fec_s``/``fec_b``/``fec_l`` or
+    ``tu-fec_small``/``_base``/``_large``) into ``encoder``, a model's encoder built with
+    ``encoder_weights=None``; the weights are then part of the model's state dict and its saved config
+    does not ask for them. Returns the file read; :class:`WeightsNotInstalledError` when not installed."""
+    from safetensors.torch import load_file
+
+    base = encoder_base(name)
+    if base is None:
+        raise KeyError(f"{name!r} is not an FEC smp encoder; FEC ImageNet weights fit {sorted(ENCODER_VARIANTS)} "
+                       f"and {sorted('tu-' + v for v in ENCODER_VARIANTS.values())}")
+    path = installed_path(base, cache_dir)
+    if path is None:
+        raise _not_installed(name, base)
+    load_encoder_weights(encoder, load_file(path, device="cpu"))
+    return path
 
 
 def install(checkpoint: str | os.PathLike, encoder: Optional[str] = None,

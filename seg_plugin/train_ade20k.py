@@ -325,6 +325,7 @@ class SegmentationModule(L.LightningModule):
         checkpoint.update(config=_plain(self.cfg), rng=states)
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"], self.state_dict())
         if len(checkpoint["rng"]) == self.trainer.world_size:
             self._rng = checkpoint["rng"][self.trainer.global_rank]
         else:
@@ -339,6 +340,16 @@ class SegmentationModule(L.LightningModule):
             self._rng = None
         else:
             L.seed_everything(self.cfg.train.seed + 1 + self.global_rank, verbose=False)
+
+
+def upgrade_state_dict(state: Dict[str, torch.Tensor], expected: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+    """A checkpoint written before the trainer built ``encoder_params`` models on smp's timm route holds the
+    same encoder under ``model.encoder.`` instead of ``model.encoder.model.model.`` (same modules, same order,
+    so the optimizer state fits as it is): its keys are moved there; any other checkpoint is returned as is."""
+    old, new = "model.encoder.", "model.encoder.model.model."
+    if f"{old}stem.proj.weight" not in state or f"{new}stem.proj.weight" not in expected:
+        return state
+    return {new + k[len(old):] if k.startswith(old) else k: v for k, v in state.items()}
 
 
 class _AtomicCheckpointIO(TorchCheckpointIO):

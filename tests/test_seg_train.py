@@ -340,3 +340,19 @@ def test_trained_model_reloads_in_a_new_process_with_its_settings(toy, tmp_path)
     assert saved["encoder_name"] == "tu-fec_small" and saved["encoder_weights"] is None
     assert {k: saved[k] for k in ("feature_norms", "preset", "proposals", "drop_path_rate")} == {
         "feature_norms": True, "preset": "detection", "proposals": [2, 2, 2, 2], "drop_path_rate": 0.1}
+
+
+def test_checkpoints_of_the_registry_route_resume_on_the_timm_route(toy):
+    """A run of the toy recipe checkpointed before encoder_params models took smp's timm route has the
+    encoder under model.encoder.: its keys move to model.encoder.model.model. (the same modules)."""
+    from seg_plugin.train_ade20k import upgrade_state_dict
+
+    module = SegmentationModule(toy_config(toy), ["ground", "common", "odd"])
+    ours = module.state_dict()
+    assert "model.encoder.model.model.stem.proj.weight" in ours
+    old = {k.replace("model.encoder.model.model.", "model.encoder."): v + 1 for k, v in ours.items()}
+    upgraded = upgrade_state_dict(old, ours)
+    assert list(upgraded) == list(ours)
+    module.load_state_dict(upgraded)
+    assert torch.equal(module.model.encoder.model.model.stem.proj.weight, old["model.encoder.stem.proj.weight"])
+    assert upgrade_state_dict(ours, ours) is ours

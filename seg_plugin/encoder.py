@@ -40,7 +40,7 @@ from fec_backbone import FEC, VARIANTS, fit_state_dict
 from fec_backbone.checkpoint import adapt_stem_weight
 from fec_backbone.fec import Stem, check_input, to_nchw
 
-from .weights import ENCODER_VARIANTS, pretrained_settings
+from .pretrained import ENCODER_VARIANTS, pretrained_settings
 
 __all__ = ["FecEncoder", "encoder_params", "fec_encoders", "register_encoder", "register_encoders"]
 

@@ -53,7 +53,8 @@ from fec_backbone.training import (ResumableSampler, ResumeConfigError, atomic_s
 
 from .data import IGNORE_INDEX, ADE20KDataset, AugmentConfig, SegDataError, class_names
 from .encoder import encoder_params
-from .weights import ENCODER_VARIANTS, WeightsNotInstalledError, encoder_base, load_encoder_weights, load_imagenet_weights
+from .pretrained import (ENCODER_VARIANTS, WeightsNotInstalledError, encoder_base, load_encoder_weights,
+                         load_imagenet_weights)
 
 __all__ = ["ConfigError", "Interrupted", "ModelPlan", "SegmentationModule", "build_model", "get_cfg", "load_config",
            "model_plan", "train", "main"]

@@ -262,7 +262,7 @@ import segmentation_models_pytorch as smp
 import seg_plugin
 from lightning.pytorch.callbacks import Callback
 from seg_plugin.train_ade20k import load_config, train
-from seg_plugin.weights import _fec_of
+from seg_plugin.pretrained import _fec_of
 
 config, root, out, standin = sys.argv[1:5]
 names = set(smp.encoders.encoders)
@@ -291,7 +291,7 @@ with torch.inference_mode():
 RELOAD = r"""
 import sys, torch
 import seg_plugin, segmentation_models_pytorch as smp
-from seg_plugin.weights import _fec_of
+from seg_plugin.pretrained import _fec_of
 
 torch.set_num_threads(1)
 model = smp.from_pretrained(sys.argv[1] + "/model").eval()

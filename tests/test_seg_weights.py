@@ -14,7 +14,7 @@ import seg_plugin
 from fec_backbone.checkpoint import CheckpointError
 from fec_backbone.checkpoint import map_official_key
 from helpers import official_state_dict
-from seg_plugin import weights
+from seg_plugin import pretrained, weights
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -176,7 +176,7 @@ def test_converted_weights_have_exactly_the_encoders_keys(encoder):
     its keys and shapes are those of the registry encoder at depth 5."""
     from seg_plugin.encoder import FecEncoder, encoder_params
 
-    target = weights._encoder_target(encoder)
+    target = pretrained._encoder_target(encoder)
     ours = FecEncoder(**encoder_params(encoder)).state_dict()
     theirs = target.state_dict()
     assert list(theirs) == list(ours)

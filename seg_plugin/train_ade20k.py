@@ -1,10 +1,12 @@
-"""ADE20K semantic segmentation with an smp model and an FEC encoder: the FEC paper's recipe, on Lightning.
+"""ADE20K semantic segmentation with an smp model and an FEC encoder: the FEC paper's training recipe, on Lightning.
 
-Semantic FPN (``smp.FPN``) with FEC, AdamW (lr 1e-4, weight decay 1e-4), poly schedule (power 0.9),
-80k iterations at batch 16, 512x512 crops after random rescaling (0.5-2.0) and flipping, single-scale
-evaluation at short side 512; mIoU, per-class IoU and pixel accuracy from torchmetrics. Settings are a
-yacs ``CfgNode`` (as in Detectron2): files may name a ``_BASE_`` file, unknown keys are errors, and
-``KEY VALUE`` pairs after the options override any setting (``model.arch upernet``).
+The paper's schedule and data pipeline with ``smp.FPN`` as the decoder (smp's FPN, not the paper's exact
+Semantic FPN head): AdamW (lr 1e-4, weight decay 1e-4), poly schedule (power 0.9), 80k iterations at
+batch 16, 512x512 crops after random rescaling (0.5-2.0) and flipping, single-scale evaluation at short
+side 512; mIoU, per-class IoU and pixel accuracy from torchmetrics. Settings are a yacs ``CfgNode`` (as in
+Detectron2): files may name a ``_BASE_`` file, unknown keys are errors, and ``KEY VALUE`` pairs after the
+options override any setting (``model.arch upernet``: architecture arguments are kept per architecture,
+``model.arch_kwargs.<arch>``, so switching the architecture leaves the other one's behind).
 
     python -m seg_plugin.train_ade20k --config configs/segmentation/fpn_fec_s_ade20k_80k.yaml \\
         --data-root data/ADEChallengeData2016 --out-dir output/fpn_fec_s_ade20k
@@ -77,7 +79,7 @@ _C = CfgNode({
               "tensorboard": True, "progress": True, "device": "auto", "cpu_threads": None},
 })
 _C.model.encoder_params.set_new_allowed(True)  # FEC encoder settings (preset, drop_path_rate, ...)
-_C.model.arch_kwargs.set_new_allowed(True)  # keyword arguments of the smp architecture
+_C.model.arch_kwargs.set_new_allowed(True)  # smp architecture arguments, plain or under an architecture's name
 
 
 class ConfigError(ValueError):
@@ -118,21 +120,49 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[Ma
     return cfg
 
 
+def _arch_arguments(arch: str) -> List[str]:
+    """The keyword arguments ``model.arch_kwargs`` may give smp's ``arch`` class (the trainer sets the rest)."""
+    fixed = {"self", "kwargs", "encoder_name", "encoder_weights", "encoder_depth", "in_channels", "classes"}
+    return sorted(set(inspect.signature(smp.MODEL_ARCHITECTURES_MAPPING[arch].__init__).parameters) - fixed)
+
+
+def _split_arch_kwargs(arch_kwargs: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``model.arch_kwargs`` as (plain arguments, ``{architecture: its arguments}``): a key naming an smp
+    architecture holds the arguments for that architecture only."""
+    kwargs = _plain(arch_kwargs)
+    keyed = {k.lower(): v for k, v in kwargs.items() if k.lower() in smp.MODEL_ARCHITECTURES_MAPPING}
+    return {k: v for k, v in kwargs.items() if k.lower() not in keyed}, keyed
+
+
 def _arch_kwargs(cfg: CfgNode) -> Dict[str, Any]:
-    """The keyword arguments of ``cfg.model.arch``'s smp class from ``model.arch_kwargs``."""
-    return _plain(cfg.model.arch_kwargs)
+    """The keyword arguments of ``cfg.model.arch``'s smp class: ``model.arch_kwargs``' plain keys and those
+    under the architecture's name (``model.arch_kwargs.fpn.decoder_dropout``), which win; arguments kept
+    under another architecture's name are not used, so ``model.arch upernet`` switches without them (as
+    Detectron2's ``MODEL.META_ARCHITECTURE`` leaves the other heads' settings unread)."""
+    plain, keyed = _split_arch_kwargs(cfg.model.arch_kwargs)
+    return {**plain, **keyed.get(cfg.model.arch.lower(), {})}
 
 
 def _validate(cfg: CfgNode) -> None:
     if cfg.model.arch.lower() not in smp.MODEL_ARCHITECTURES_MAPPING:
         raise ConfigError(f"model.arch {cfg.model.arch!r} is not an smp architecture; choose one of "
                           f"{sorted(smp.MODEL_ARCHITECTURES_MAPPING)}")
-    model_cls = smp.MODEL_ARCHITECTURES_MAPPING[cfg.model.arch.lower()]
-    fixed = {"self", "kwargs", "encoder_name", "encoder_weights", "encoder_depth", "in_channels", "classes"}
-    accepted = set(inspect.signature(model_cls.__init__).parameters) - fixed
-    if set(cfg.model.arch_kwargs) - accepted:
-        raise ConfigError(f"model.arch_kwargs {sorted(set(cfg.model.arch_kwargs) - accepted)} are not arguments of "
-                          f"smp.{model_cls.__name__} (accepted: {sorted(accepted)})")
+    arch = cfg.model.arch.lower()
+    plain, keyed = _split_arch_kwargs(cfg.model.arch_kwargs)
+    unknown = sorted(set(plain) - set(_arch_arguments(arch)))
+    if unknown:
+        raise ConfigError(
+            f"model.arch_kwargs {unknown} are not arguments of smp.{smp.MODEL_ARCHITECTURES_MAPPING[arch].__name__} "
+            f"(accepted: {_arch_arguments(arch)}); arguments for one architecture go under its name, "
+            f"e.g. model.arch_kwargs.fpn.{unknown[0]}, and are used only when model.arch is that one")
+    for name, kwargs in keyed.items():
+        if not isinstance(kwargs, Mapping):
+            raise ConfigError(f"model.arch_kwargs.{name} must hold smp.{smp.MODEL_ARCHITECTURES_MAPPING[name].__name__}'s "
+                              f"arguments as a mapping, got {kwargs!r}")
+        unknown = sorted(set(kwargs) - set(_arch_arguments(name)))
+        if unknown:
+            raise ConfigError(f"model.arch_kwargs.{name} {unknown} are not arguments of "
+                              f"smp.{smp.MODEL_ARCHITECTURES_MAPPING[name].__name__} (accepted: {_arch_arguments(name)})")
     encoder, params = cfg.model.encoder, _plain(cfg.model.encoder_params)
     if encoder in ENCODER_VARIANTS and params:
         try:

@@ -185,7 +185,7 @@ def test_evaluation_metrics_leave_out_absent_classes(toy):
     assert float(result["mIoU"]) == 0.5 and float(result["aAcc"]) == pytest.approx(2 / 3)
 
 
-@pytest.mark.parametrize("config", ["toy"])
+@pytest.mark.parametrize("config", ["toy", "fpn"])
 def test_unused_parameters_are_detected_for_ddp(toy, config):
     """Decoders that skip encoder levels leave those levels' output norms without gradient: DDP is then
     built with find_unused_parameters (FPN, the reference, uses every parameter). Both encoder routes: the
@@ -232,7 +232,7 @@ def test_registry_route_loads_the_imagenet_weights_without_recording_them(tmp_pa
 def test_configs_inherit_the_recipe_and_reject_unknown_keys(tmp_path):
     small, base = load_config(CONFIGS / "fpn_fec_s_ade20k_80k.yaml"), load_config(CONFIGS / "fpn_fec_b_ade20k_80k.yaml")
     assert base.model.encoder == "fec_b" and load_config(CONFIGS / "fpn_fec_l_ade20k_80k.yaml").model.encoder == "fec_l"
-    assert {**base, "model": None} == {**small, "model": None} and base.model.arch_kwargs == {"decoder_dropout": 0.1}
+    assert {**base, "model": None} == {**small, "model": None} and base.model.arch_kwargs == {"fpn": {"decoder_dropout": 0.1}}
     toy = load_config(TOY_CONFIG)
     assert toy.model.arch == "linknet" and toy.model.encoder_depth == 2 and toy.model.arch_kwargs == {}
     assert toy.optim.weight_decay == 1e-4 and toy.train.iterations == 600

@@ -154,7 +154,9 @@ def load_encoder_weights(encoder: nn.Module, state_dict: Mapping[str, torch.Tens
     state = dict(state_dict)
     if fec.out_norms is None:
         state = {k: v for k, v in state.items() if not k.startswith("out_norms.")}
-    fec.load_state_dict(fit_state_dict(state, fec, allow_missing=("out_norms.",), staged=("out_norms",)))
+    fitted = fit_state_dict(state, fec, allow_missing=("out_norms.",), staged=("out_norms",))
+    kept = {k: v for k, v in fec.state_dict().items() if k.startswith("out_norms.") and k not in fitted}
+    fec.load_state_dict({**fitted, **kept})
 
 
 def load_imagenet_weights(encoder: nn.Module, name: str, cache_dir: Optional[str | os.PathLike] = None) -> Path:

@@ -218,13 +218,14 @@ def model_plan(cfg: CfgNode) -> ModelPlan:
 
     * ``fec_s``/``fec_b``/``fec_l`` with ``encoder_params`` become smp's timm route to the same network,
       ``tu-fec_small`` (...) with ``feature_norms=True, preset="segmentation", num_classes=0`` and the params as
-      model keyword arguments (the same modules and, seed for seed, the same initial weights): smp records those in the saved model's ``config.json``, so ``smp.from_pretrained`` rebuilds
-      the same model in any process after ``import seg_plugin``. (smp gives a registry encoder only its
+      model keyword arguments (the same modules and, seed for seed, the same initial weights): smp records
+      those in the saved model's ``config.json``, so ``smp.from_pretrained`` rebuilds the same model in any
+      process after ``import seg_plugin``. (smp gives a registry encoder only its
       registry entry's params, and the registry lives in the process: settings put there are not saved.)
       Without ``encoder_params`` the registry encoder is used as it is (it also takes any input size).
     * FEC encoders (either route) are built with ``encoder_weights=None`` and ``"imagenet"`` weights are then
-      loaded from the installed snapshot (or, for ``tu-fec_*``, from ``encoder_params.pretrained_cfg_overlay.file``),
-      so the saved config does not ask for weights that a machine loading the model may not have.
+      loaded from the installed snapshot (or from ``encoder_params.pretrained_cfg_overlay.file`` when given, timm's
+      way), so the saved config does not ask for weights that a machine loading the model may not have.
     * other ``tu-`` encoders get ``encoder_params`` as model keyword arguments, registry encoders none.
     """
     m = cfg.model
@@ -255,9 +256,9 @@ def model_plan(cfg: CfgNode) -> ModelPlan:
                 create.pop("pretrained_cfg_overlay")
         else:
             plan.weights = "installed"
-        notes.append(f"{encoder} ImageNet weights: {plan.weights if plan.weights != 'installed' else 'the installed'} "
-                     f"{'file' if plan.weights != 'installed' else 'snapshot'}, loaded after building with "
-                     "encoder_weights=None (the saved model reloads without them)")
+        source = "the installed snapshot" if plan.weights == "installed" else plan.weights
+        notes.append(f"{encoder} ImageNet weights from {source}, loaded after building with encoder_weights=None "
+                     "(the saved model reloads without them)")
         weights = None
     elif encoder.startswith("tu-"):
         weights = True if weights else None

@@ -356,3 +356,19 @@ def test_checkpoints_of_the_registry_route_resume_on_the_timm_route(toy):
     module.load_state_dict(upgraded)
     assert torch.equal(module.model.encoder.model.model.stem.proj.weight, old["model.encoder.stem.proj.weight"])
     assert upgrade_state_dict(ours, ours) is ours
+
+
+def test_timm_route_checkpoint_file_is_loaded_not_recorded(tmp_path):
+    """``tu-fec_small`` with timm's ``pretrained_cfg_overlay.file`` in encoder_params: the trainer loads the
+    file into the encoder itself, so the saved config names neither the file nor pretrained weights."""
+    from helpers import official_state_dict
+
+    state = official_state_dict("fec_small", seed=6)
+    torch.save({"state_dict": state}, tmp_path / "fec_small.pth")
+    config = tmp_path / "tu.yaml"
+    config.write_text(f"_BASE_: {CONFIGS / 'fpn_fec_s_ade20k_80k.yaml'}\nmodel:\n  encoder: tu-fec_small\n"
+                      f"  encoder_params:\n    feature_norms: true\n    preset: segmentation\n"
+                      f"    pretrained_cfg_overlay:\n      file: {tmp_path / 'fec_small.pth'}\n")
+    model = build_model(load_config(config, {"data.num_classes": 3}))
+    assert torch.equal(model.encoder.model.model.stem.proj.weight, state["patch_embed.proj.weight"])
+    assert model.config["encoder_weights"] is None and "pretrained_cfg_overlay" not in model.config

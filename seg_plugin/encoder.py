@@ -32,7 +32,6 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 import segmentation_models_pytorch as smp
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from segmentation_models_pytorch.encoders._base import EncoderMixin
 

@@ -156,13 +156,13 @@ def _validate(cfg: CfgNode) -> None:
             f"(accepted: {_arch_arguments(arch)}); arguments for one architecture go under its name, "
             f"e.g. model.arch_kwargs.fpn.{unknown[0]}, and are used only when model.arch is that one")
     for name, kwargs in keyed.items():
+        cls = smp.MODEL_ARCHITECTURES_MAPPING[name].__name__
         if not isinstance(kwargs, Mapping):
-            raise ConfigError(f"model.arch_kwargs.{name} must hold smp.{smp.MODEL_ARCHITECTURES_MAPPING[name].__name__}'s "
-                              f"arguments as a mapping, got {kwargs!r}")
+            raise ConfigError(f"model.arch_kwargs.{name} must hold smp.{cls}'s arguments as a mapping, got {kwargs!r}")
         unknown = sorted(set(kwargs) - set(_arch_arguments(name)))
         if unknown:
-            raise ConfigError(f"model.arch_kwargs.{name} {unknown} are not arguments of "
-                              f"smp.{smp.MODEL_ARCHITECTURES_MAPPING[name].__name__} (accepted: {_arch_arguments(name)})")
+            raise ConfigError(f"model.arch_kwargs.{name} {unknown} are not arguments of smp.{cls} "
+                              f"(accepted: {_arch_arguments(name)})")
     encoder, params = cfg.model.encoder, _plain(cfg.model.encoder_params)
     if encoder in ENCODER_VARIANTS and params:
         try:

@@ -124,12 +124,14 @@ def test_arch_kwargs_per_architecture_and_todays_plain_form(tmp_path):
     switched = load_config(FPN_S, {"model.arch": "upernet"})
     assert model_plan(switched).create["arch"] == "upernet" and "decoder_dropout" not in model_plan(switched).create
     assert model_plan(load_config(FPN_S)).create["decoder_dropout"] == 0.1
-    assert model_plan(load_config(FPN_S, {"model.arch_kwargs.fpn.decoder_dropout": 0.2})).create["decoder_dropout"] == 0.2
+    changed = load_config(FPN_S, {"model.arch_kwargs.fpn.decoder_dropout": 0.2})
+    assert model_plan(changed).create["decoder_dropout"] == 0.2
     other = load_config(FPN_S, {"model.arch": "upernet", "model.arch_kwargs": {"upernet": {"decoder_channels": 128}}})
     assert model_plan(other).create["decoder_channels"] == 128
     with pytest.raises(ConfigError, match=r"model.arch_kwargs.upernet \['decoder_dropout'\] are not arguments of "
                                           r"smp.UPerNet"):
-        load_config(FPN_S, {"model.arch_kwargs": {"fpn": {"decoder_dropout": 0.1}, "upernet": {"decoder_dropout": 0.1}}})
+        load_config(FPN_S, {"model.arch_kwargs": {"fpn": {"decoder_dropout": 0.1},
+                                                  "upernet": {"decoder_dropout": 0.1}}})
     # today's plain form: arguments of model.arch, as before; switching then says where they belong
     plain = tmp_path / "plain.yaml"
     plain.write_text("model:\n  arch: fpn\n  arch_kwargs:\n    decoder_dropout: 0.3\n")
@@ -159,7 +161,8 @@ def test_toy_commands_in_the_config_comment_run_as_written(tmp_path):
     trained = run(train_cmd + ["train.iterations", "4", "train.progress", "false"], cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "built as smp's tu-fec_small" in trained.stdout
-    reload = "import seg_plugin, segmentation_models_pytorch as smp; print(type(smp.from_pretrained('output/toy/model')).__name__)"
+    reload = ("import seg_plugin, segmentation_models_pytorch as smp; "
+              "print(type(smp.from_pretrained('output/toy/model')).__name__)")
     loaded = run(["python", "-c", reload], cwd=tmp_path)
     assert loaded.returncode == 0 and loaded.stdout.splitlines()[-1] == "Linknet", loaded.stderr[-2000:]
 

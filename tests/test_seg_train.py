@@ -232,7 +232,8 @@ def test_registry_route_loads_the_imagenet_weights_without_recording_them(tmp_pa
 def test_configs_inherit_the_recipe_and_reject_unknown_keys(tmp_path):
     small, base = load_config(CONFIGS / "fpn_fec_s_ade20k_80k.yaml"), load_config(CONFIGS / "fpn_fec_b_ade20k_80k.yaml")
     assert base.model.encoder == "fec_b" and load_config(CONFIGS / "fpn_fec_l_ade20k_80k.yaml").model.encoder == "fec_l"
-    assert {**base, "model": None} == {**small, "model": None} and base.model.arch_kwargs == {"fpn": {"decoder_dropout": 0.1}}
+    assert {**base, "model": None} == {**small, "model": None}
+    assert base.model.arch_kwargs == {"fpn": {"decoder_dropout": 0.1}}
     toy = load_config(TOY_CONFIG)
     assert toy.model.arch == "linknet" and toy.model.encoder_depth == 2 and toy.model.arch_kwargs == {}
     assert toy.optim.weight_decay == 1e-4 and toy.train.iterations == 600

@@ -14,10 +14,17 @@ at the bottom and right, its pixels keep the coordinate channels they have unpad
 (the cells that touch real pixels; a stride-``s`` CNN gives the same sizes) before its output norm.
 Divisible inputs run exactly as before (no padding, no crop).
 
-Registry entries (``smp.encoders.encoders``, smp's format ``{"encoder", "pretrained_settings", "params"}``)
-keep an entry's FEC settings (``preset``, ``proposals``, ``folds``, ``drop_path_rate``, ...) in ``params``,
-the encoder's constructor arguments. smp passes a model's extra keyword arguments only to ``tu-`` encoders,
-so a registry encoder with other settings is an entry of its own: :func:`register_encoder`.
+Registry entries: :data:`fec_encoders`, in smp's format (``{"encoder", "pretrained_settings", "params"}``,
+as smp's own ``mix_transformer_encoders``), which ``import seg_plugin`` adds to ``smp.encoders.encoders``.
+An entry's FEC settings (``preset``, ``proposals``, ``folds``, ``drop_path_rate``, ...) are its ``params``,
+the encoder's constructor arguments; smp records only the encoder's *name* in a saved model's config.
+
+Other FEC settings per model: smp passes a model's extra keyword arguments only to ``tu-`` encoders, and
+records them in the saved model's ``config.json``, so ``smp.Unet("tu-fec_small", feature_norms=True,
+preset="segmentation", proposals=...)`` is ``fec_s`` with those settings (the same modules, under
+``encoder.model.model.``; sides divisible by 32) and reloads anywhere after ``import seg_plugin``.
+:func:`register_encoder` adds a named registry entry instead; smp's registry lives in the process, so a
+model saved with such a name reloads only where the same name is registered again first.
 """
 from __future__ import annotations
 
@@ -25,7 +32,6 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 import segmentation_models_pytorch as smp
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from segmentation_models_pytorch.encoders._base import EncoderMixin
 
@@ -33,9 +39,9 @@ from fec_backbone import FEC, VARIANTS, fit_state_dict
 from fec_backbone.checkpoint import adapt_stem_weight
 from fec_backbone.fec import Stem, check_input, to_nchw
 
-from .weights import ENCODER_VARIANTS, pretrained_settings
+from .pretrained import ENCODER_VARIANTS, pretrained_settings
 
-__all__ = ["FecEncoder", "encoder_params", "register_encoder", "register_encoders"]
+__all__ = ["FecEncoder", "encoder_params", "fec_encoders", "register_encoder", "register_encoders"]
 
 #: Set by smp (``encoder_depth``, ``encoder_output_stride``, ``in_channels``) or fixed by the encoder.
 _RESERVED = ("out_channels", "depth", "output_stride", "in_chans", "num_classes", "global_pool")
@@ -154,25 +160,38 @@ def encoder_params(base: str, **overrides: Any) -> Dict[str, Any]:
     return {"out_channels": [3, 0, *args["embed_dims"]], "preset": "segmentation", **args, **overrides}
 
 
+#: smp registry entries of the three FEC variants (smp's format; the segmentation preset by default).
+fec_encoders: Dict[str, Dict[str, Any]] = {
+    name: {"encoder": FecEncoder, "pretrained_settings": pretrained_settings(name), "params": encoder_params(name)}
+    for name in ENCODER_VARIANTS
+}
+
+
+def _add(name: str, entry: Dict[str, Any]) -> None:
+    existing = smp.encoders.encoders.get(name)
+    if existing is not None and existing["encoder"] is not FecEncoder:
+        raise ValueError(f"{name!r} is already an smp encoder ({existing['encoder'].__name__}); choose another name")
+    smp.encoders.encoders[name] = entry
+
+
 def register_encoder(name: str, base: str = "fec_s", **params: Any) -> str:
     """Register ``name`` as ``base`` with other FEC settings, e.g.
     ``register_encoder("fec_s_det", "fec_s", preset="detection")`` or ``proposals=(7, 7, 7, 7)``.
 
     ``proposals``/``folds`` change no weights, so the entry shares ``base``'s ImageNet weights. A name
     already registered for another encoder raises ``ValueError``. Returns ``name``.
+
+    smp's registry is per process and a saved model's config records only the encoder's name: a model
+    built with ``name`` reloads (``smp.from_pretrained``) only in a process that registers ``name`` the
+    same way first. To have the settings saved with the model instead, pass them to smp's timm route:
+    ``smp.Unet("tu-fec_small", feature_norms=True, preset="segmentation", **params)``.
     """
-    existing = smp.encoders.encoders.get(name)
-    if existing is not None and existing["encoder"] is not FecEncoder:
-        raise ValueError(f"{name!r} is already an smp encoder ({existing['encoder'].__name__}); choose another name")
-    smp.encoders.encoders[name] = {
-        "encoder": FecEncoder,
-        "pretrained_settings": pretrained_settings(name, base),
-        "params": encoder_params(base, **params),
-    }
+    _add(name, {"encoder": FecEncoder, "pretrained_settings": pretrained_settings(name, base),
+                "params": encoder_params(base, **params)})
     return name
 
 
 def register_encoders() -> None:
-    """Add ``fec_s``, ``fec_b``, ``fec_l`` to ``smp.encoders.encoders`` (idempotent)."""
-    for name in ENCODER_VARIANTS:
-        register_encoder(name, name)
+    """Add :data:`fec_encoders` (``fec_s``, ``fec_b``, ``fec_l``) to ``smp.encoders.encoders`` (idempotent)."""
+    for name, entry in fec_encoders.items():
+        _add(name, entry)

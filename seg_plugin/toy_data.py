@@ -97,11 +97,20 @@ def generate(
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m seg_plugin.toy_data", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="dataset root to create")
-    parser.add_argument("--train", type=int, default=480, help="training images")
-    parser.add_argument("--val", type=int, default=32, help="validation images")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(
+        prog="python -m seg_plugin.toy_data",
+        description="Write a small generated segmentation dataset in the ADEChallengeData2016 layout "
+                    "(images/{training,validation}/*.jpg, annotations/{training,validation}/*.png, class_names.txt): "
+                    "32 px scenes with four blobs, three of one colour and one of another; classes ground, common, "
+                    "odd (raw labels 1-3, 0 ignored). The odd blob is told only by comparing colours across the "
+                    "image. The same arguments always give the same files; a folder generated with other "
+                    "arguments is regenerated, any other non-empty folder is refused.",
+        epilog="Train on it: python -m seg_plugin.train_ade20k --config configs/segmentation/toy_linknet_fec_s.yaml "
+               "--data-root DATASET --out-dir RUN")
+    parser.add_argument("--out", required=True, help="dataset folder to create, e.g. data/toy_ade20k")
+    parser.add_argument("--train", type=int, default=480, help="training images (default: %(default)s)")
+    parser.add_argument("--val", type=int, default=32, help="validation images (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the scenes (default: %(default)s)")
     args = parser.parse_args(argv)
     root = generate(args.out, args.train, args.val, args.seed)
     print(f"toy ADE20K-layout dataset: {root} ({args.train} training, {args.val} validation images, "

@@ -1,10 +1,12 @@
-"""ADE20K semantic segmentation with an smp model and an FEC encoder: the FEC paper's recipe, on Lightning.
+"""ADE20K semantic segmentation with an smp model and an FEC encoder: the FEC paper's training recipe, on Lightning.
 
-Semantic FPN (``smp.FPN``) with FEC, AdamW (lr 1e-4, weight decay 1e-4), poly schedule (power 0.9),
-80k iterations at batch 16, 512x512 crops after random rescaling (0.5-2.0) and flipping, single-scale
-evaluation at short side 512; mIoU, per-class IoU and pixel accuracy from torchmetrics. Settings are a
-yacs ``CfgNode`` (as in Detectron2): files may name a ``_BASE_`` file, unknown keys are errors, and
-``KEY VALUE`` pairs after the options override any setting (``model.arch upernet``).
+The paper's schedule and data pipeline with ``smp.FPN`` as the decoder (smp's FPN, not the paper's exact
+Semantic FPN head): AdamW (lr 1e-4, weight decay 1e-4), poly schedule (power 0.9), 80k iterations at
+batch 16, 512x512 crops after random rescaling (0.5-2.0) and flipping, single-scale evaluation at short
+side 512; mIoU, per-class IoU and pixel accuracy from torchmetrics. Settings are a yacs ``CfgNode`` (as in
+Detectron2): files may name a ``_BASE_`` file, unknown keys are errors, and ``KEY VALUE`` pairs after the
+options override any setting (``model.arch upernet``: architecture arguments are kept per architecture,
+``model.arch_kwargs.<arch>``, so switching the architecture leaves the other one's behind).
 
     python -m seg_plugin.train_ade20k --config configs/segmentation/fpn_fec_s_ade20k_80k.yaml \\
         --data-root data/ADEChallengeData2016 --out-dir output/fpn_fec_s_ade20k
@@ -20,16 +22,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import inspect
-import json
 import os
 import signal
 import sys
 import threading
 import time
 import warnings
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -48,16 +48,18 @@ from torch.utils.data import DataLoader, Subset
 
 import segmentation_models_pytorch as smp
 
-from fec_backbone.checkpoint import CheckpointError, read_checkpoint
+from fec_backbone.checkpoint import CheckpointError, read_checkpoint, read_fec_weights
 from fec_backbone.model_zoo import resolve_config
 from fec_backbone.training import (ResumableSampler, ResumeConfigError, atomic_save, capture_rng_state,
                                    check_resume_config, restore_rng_state)
 
 from .data import IGNORE_INDEX, ADE20KDataset, AugmentConfig, SegDataError, class_names
-from .encoder import register_encoder
-from .weights import WeightsNotInstalledError
+from .encoder import encoder_params
+from .pretrained import (ENCODER_VARIANTS, WeightsNotInstalledError, encoder_base, load_encoder_weights,
+                         load_imagenet_weights)
 
-__all__ = ["ConfigError", "Interrupted", "SegmentationModule", "build_model", "get_cfg", "load_config", "train", "main"]
+__all__ = ["ConfigError", "Interrupted", "ModelPlan", "SegmentationModule", "build_model", "get_cfg", "load_config",
+           "model_plan", "train", "main"]
 
 CHECKPOINT = "last.ckpt"
 #: Settings a resumed run may change (they do not change the training trajectory); fnmatch patterns.
@@ -77,7 +79,7 @@ _C = CfgNode({
               "tensorboard": True, "progress": True, "device": "auto", "cpu_threads": None},
 })
 _C.model.encoder_params.set_new_allowed(True)  # FEC encoder settings (preset, drop_path_rate, ...)
-_C.model.arch_kwargs.set_new_allowed(True)  # keyword arguments of the smp architecture
+_C.model.arch_kwargs.set_new_allowed(True)  # smp architecture arguments, plain or under an architecture's name
 
 
 class ConfigError(ValueError):
@@ -118,16 +120,62 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[Ma
     return cfg
 
 
+def _arch_arguments(arch: str) -> List[str]:
+    """The keyword arguments ``model.arch_kwargs`` may give smp's ``arch`` class (the trainer sets the rest)."""
+    fixed = {"self", "kwargs", "encoder_name", "encoder_weights", "encoder_depth", "in_channels", "classes"}
+    return sorted(set(inspect.signature(smp.MODEL_ARCHITECTURES_MAPPING[arch].__init__).parameters) - fixed)
+
+
+def _split_arch_kwargs(arch_kwargs: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``model.arch_kwargs`` as (plain arguments, ``{architecture: its arguments}``): a key naming an smp
+    architecture holds the arguments for that architecture only."""
+    kwargs = _plain(arch_kwargs)
+    keyed = {k.lower(): v for k, v in kwargs.items() if k.lower() in smp.MODEL_ARCHITECTURES_MAPPING}
+    return {k: v for k, v in kwargs.items() if k.lower() not in keyed}, keyed
+
+
+def _arch_kwargs(cfg: CfgNode) -> Dict[str, Any]:
+    """The keyword arguments of ``cfg.model.arch``'s smp class: ``model.arch_kwargs``' plain keys and those
+    under the architecture's name (``model.arch_kwargs.fpn.decoder_dropout``), which win; arguments kept
+    under another architecture's name are not used, so ``model.arch upernet`` switches without them (as
+    Detectron2's ``MODEL.META_ARCHITECTURE`` leaves the other heads' settings unread)."""
+    plain, keyed = _split_arch_kwargs(cfg.model.arch_kwargs)
+    return {**plain, **keyed.get(cfg.model.arch.lower(), {})}
+
+
 def _validate(cfg: CfgNode) -> None:
     if cfg.model.arch.lower() not in smp.MODEL_ARCHITECTURES_MAPPING:
         raise ConfigError(f"model.arch {cfg.model.arch!r} is not an smp architecture; choose one of "
                           f"{sorted(smp.MODEL_ARCHITECTURES_MAPPING)}")
-    model_cls = smp.MODEL_ARCHITECTURES_MAPPING[cfg.model.arch.lower()]
-    fixed = {"self", "kwargs", "encoder_name", "encoder_weights", "encoder_depth", "in_channels", "classes"}
-    accepted = set(inspect.signature(model_cls.__init__).parameters) - fixed
-    if set(cfg.model.arch_kwargs) - accepted:
-        raise ConfigError(f"model.arch_kwargs {sorted(set(cfg.model.arch_kwargs) - accepted)} are not arguments of "
-                          f"smp.{model_cls.__name__} (accepted: {sorted(accepted)})")
+    arch = cfg.model.arch.lower()
+    plain, keyed = _split_arch_kwargs(cfg.model.arch_kwargs)
+    unknown = sorted(set(plain) - set(_arch_arguments(arch)))
+    if unknown:
+        raise ConfigError(
+            f"model.arch_kwargs {unknown} are not arguments of smp.{smp.MODEL_ARCHITECTURES_MAPPING[arch].__name__} "
+            f"(accepted: {_arch_arguments(arch)}); arguments for one architecture go under its name, "
+            f"e.g. model.arch_kwargs.fpn.{unknown[0]}, and are used only when model.arch is that one")
+    for name, kwargs in keyed.items():
+        cls = smp.MODEL_ARCHITECTURES_MAPPING[name].__name__
+        if not isinstance(kwargs, Mapping):
+            raise ConfigError(f"model.arch_kwargs.{name} must hold smp.{cls}'s arguments as a mapping, got {kwargs!r}")
+        unknown = sorted(set(kwargs) - set(_arch_arguments(name)))
+        if unknown:
+            raise ConfigError(f"model.arch_kwargs.{name} {unknown} are not arguments of smp.{cls} "
+                              f"(accepted: {_arch_arguments(name)})")
+    encoder, params = cfg.model.encoder, _plain(cfg.model.encoder_params)
+    if encoder in ENCODER_VARIANTS and params:
+        try:
+            encoder_params(encoder, **params)
+        except ValueError as err:
+            raise ConfigError(f"model.encoder_params: {err}") from None
+        if "feature_norms" in params:
+            raise ConfigError(f"model.encoder_params: {encoder} always has its output norms (feature_norms); "
+                              "for an FEC without them use model.encoder tu-" + ENCODER_VARIANTS[encoder])
+    if encoder_base(encoder) is not None and (encoder.startswith("tu-") or params) and cfg.data.size_divisor % 32:
+        raise ConfigError(f"data.size_divisor {cfg.data.size_divisor}: smp's timm route to FEC "
+                          f"({'tu-' + ENCODER_VARIANTS[encoder_base(encoder)]}) takes sides divisible by 32 only; "
+                          "use a multiple of 32")
     for key in ("iterations", "batch_size", "grad_accum", "eval_interval", "checkpoint_interval", "log_interval"):
         if not isinstance(cfg.train[key], int) or cfg.train[key] < 1:
             raise ConfigError(f"train.{key} must be a positive integer, got {cfg.train[key]!r}")
@@ -150,24 +198,84 @@ def _augment(cfg: CfgNode) -> AugmentConfig:
                             for f in fields(AugmentConfig)})
 
 
-def build_model(cfg: CfgNode) -> nn.Module:
-    """The smp model of ``cfg.model``: registry encoders (``fec_s``...) get ``encoder_params`` through a
-    registry entry of their own, ``tu-`` encoders as model keyword arguments (smp passes them to timm)."""
+@dataclass
+class ModelPlan:
+    """How :func:`build_model` builds ``cfg.model``: ``smp.create_model(**create)``, then (``weights``) the FEC
+    encoder's ImageNet weights loaded into it: ``"installed"`` (the snapshot of ``python -m seg_plugin.weights
+    install``) or a checkpoint file; ``notes`` say in the run's log what was decided and why."""
+
+    create: Dict[str, Any]
+    weights: Optional[str] = None
+    notes: List[str] = field(default_factory=list)
+
+
+def _encoder_weights(value: Any) -> Any:
+    return None if isinstance(value, str) and value.lower() in ("none", "null", "") else value
+
+
+def model_plan(cfg: CfgNode) -> ModelPlan:
+    """What :func:`build_model` does with ``cfg.model``.
+
+    * ``fec_s``/``fec_b``/``fec_l`` with ``encoder_params`` become smp's timm route to the same network,
+      ``tu-fec_small`` (...) with ``feature_norms=True, preset="segmentation", num_classes=0`` and the params as
+      model keyword arguments (the same modules and, seed for seed, the same initial weights): smp records
+      those in the saved model's ``config.json``, so ``smp.from_pretrained`` rebuilds the same model in any
+      process after ``import seg_plugin``. (smp gives a registry encoder only its
+      registry entry's params, and the registry lives in the process: settings put there are not saved.)
+      Without ``encoder_params`` the registry encoder is used as it is (it also takes any input size).
+    * FEC encoders (either route) are built with ``encoder_weights=None`` and ``"imagenet"`` weights are then
+      loaded from the installed snapshot (or from ``encoder_params.pretrained_cfg_overlay.file`` when given, timm's
+      way), so the saved config does not ask for weights that a machine loading the model may not have.
+    * other ``tu-`` encoders get ``encoder_params`` as model keyword arguments, registry encoders none.
+    """
     m = cfg.model
-    encoder, params, weights = m.encoder, _plain(m.encoder_params), m.encoder_weights
-    if isinstance(weights, str) and weights.lower() in ("none", "null", ""):
-        weights = None
-    kwargs: Dict[str, Any] = _plain(m.arch_kwargs)
-    if encoder.startswith("tu-"):
-        kwargs.update(params)
-        weights = True if weights else None
-    elif params:
-        digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
-        encoder = register_encoder(f"{encoder}_{digest}", encoder, **params)
+    encoder, params, weights = m.encoder, _plain(m.encoder_params), _encoder_weights(m.encoder_weights)
+    create: Dict[str, Any] = {"arch": m.arch, "in_channels": 3, "classes": cfg.data.num_classes, **_arch_kwargs(cfg)}
     if m.encoder_depth is not None:
-        kwargs["encoder_depth"] = m.encoder_depth
-    return smp.create_model(m.arch, encoder_name=encoder, encoder_weights=weights, in_channels=3,
-                            classes=cfg.data.num_classes, **kwargs)
+        create["encoder_depth"] = m.encoder_depth
+    notes: List[str] = []
+    base = encoder_base(encoder)
+    if encoder in ENCODER_VARIANTS and params:
+        universal = f"tu-{ENCODER_VARIANTS[encoder]}"
+        # num_classes=0: timm builds no classifier, so the initial weights are the registry encoder's, draw for draw
+        settings = {"feature_norms": True, "preset": "segmentation", "num_classes": 0, **params}
+        notes.append(f"model.encoder {encoder} with model.encoder_params {params}: built as smp's {universal} with "
+                     f"{', '.join(f'{k}={v!r}' for k, v in settings.items())}: the same network as {encoder} with "
+                     "these settings (same initial weights), which smp records in the saved model's config.json")
+        encoder, params = universal, settings
+    plan = ModelPlan(create, notes=notes)
+    if encoder.startswith("tu-"):
+        create.update(params)
+    if base is not None and weights:
+        overlay = dict(create.get("pretrained_cfg_overlay") or {})
+        if encoder.startswith("tu-") and overlay.get("file"):
+            plan.weights = str(overlay.pop("file"))
+            if overlay:
+                create["pretrained_cfg_overlay"] = overlay
+            else:
+                create.pop("pretrained_cfg_overlay")
+        else:
+            plan.weights = "installed"
+        source = "the installed snapshot" if plan.weights == "installed" else plan.weights
+        notes.append(f"{encoder} ImageNet weights from {source}, loaded after building with encoder_weights=None "
+                     "(the saved model reloads without them)")
+        weights = None
+    elif encoder.startswith("tu-"):
+        weights = True if weights else None
+    create.update(encoder_name=encoder, encoder_weights=weights)
+    return plan
+
+
+def build_model(cfg: CfgNode) -> nn.Module:
+    """The smp model of ``cfg.model`` (see :func:`model_plan`). Writes nothing into smp's encoder registry."""
+    plan = model_plan(cfg)
+    create = dict(plan.create)
+    model = smp.create_model(create.pop("arch"), **create)
+    if plan.weights == "installed":
+        load_imagenet_weights(model.encoder, create["encoder_name"])
+    elif plan.weights is not None:
+        load_encoder_weights(model.encoder, read_fec_weights(plan.weights))
+    return model
 
 
 def _unused_parameters(model: nn.Module, crop: int, device: torch.device) -> List[str]:
@@ -249,6 +357,7 @@ class SegmentationModule(L.LightningModule):
         checkpoint.update(config=_plain(self.cfg), rng=states)
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"], self.state_dict())
         if len(checkpoint["rng"]) == self.trainer.world_size:
             self._rng = checkpoint["rng"][self.trainer.global_rank]
         else:
@@ -263,6 +372,16 @@ class SegmentationModule(L.LightningModule):
             self._rng = None
         else:
             L.seed_everything(self.cfg.train.seed + 1 + self.global_rank, verbose=False)
+
+
+def upgrade_state_dict(state: Dict[str, torch.Tensor], expected: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+    """A checkpoint written before the trainer built ``encoder_params`` models on smp's timm route holds the
+    same encoder under ``model.encoder.`` instead of ``model.encoder.model.model.`` (same modules, same order,
+    so the optimizer state fits as it is): its keys are moved there; any other checkpoint is returned as is."""
+    old, new = "model.encoder.", "model.encoder.model.model."
+    if f"{old}stem.proj.weight" not in state or f"{new}stem.proj.weight" not in expected:
+        return state
+    return {new + k[len(old):] if k.startswith(old) else k: v for k, v in state.items()}
 
 
 class _AtomicCheckpointIO(TorchCheckpointIO):
@@ -388,6 +507,8 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike], callbac
               f"{len(train_set)} training / {len(val_all)} validation images, batch {t.batch_size} "
               f"({world} process(es) x {t.grad_accum} accumulation x {batch}), device {device}, "
               f"iterations {start}->{t.iterations}", flush=True)
+        for note in model_plan(cfg).notes:
+            print(f"  {note}", flush=True)
     strategy = DDPStrategy(find_unused_parameters=bool(unused)) if world > 1 else "auto"  # nccl on CUDA, else gloo
     callbacks += [_StopOnSignal(ckpt_path), LearningRateMonitor("step"),
                   ModelCheckpoint(out, every_n_train_steps=t.checkpoint_interval, save_top_k=0, save_last=True,

@@ -1,163 +1,33 @@
-"""FEC ImageNet weights for smp's ``encoder_weights="imagenet"``, offline, and the command that installs them.
-
-smp 0.6 loads a registry encoder's weights with ``hf_hub_download(repo_id, revision=...)`` (``config.json``
-and ``model.safetensors``), which answers from the local Hugging Face cache alone when ``revision`` is a
-commit hash whose snapshot holds the files. FEC weights are not on the Hub, so ``install`` converts an
-official FEC ImageNet checkpoint into the encoder's state dict and writes that snapshot
-(``fec-backbone/<encoder>.imagenet`` at :data:`REVISION`) into ``huggingface_hub``'s cache
-(``HF_HUB_CACHE`` / ``HF_HOME``):
+"""Install FEC ImageNet weights for smp's ``encoder_weights="imagenet"`` (offline, into the Hugging Face cache).
 
     python -m seg_plugin.weights install --checkpoint fec_small.pth            # encoder detected
     python -m seg_plugin.weights install --checkpoint fec_small.pth --encoder fec_s --cache-dir DIR
     python -m seg_plugin.weights status
 
-Afterwards ``smp.Unet("fec_s")`` loads them; before, it raises :class:`WeightsNotInstalledError`, which
-says to run the command or pass ``encoder_weights=None``.
+Afterwards ``smp.Unet("fec_s")`` loads them. The functions are those of :mod:`seg_plugin.pretrained`
+(re-exported here); this module is only the command line, which the package does not import (so that
+``python -m seg_plugin.weights`` runs it as a fresh module).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import sys
-from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Optional
 
-import torch
-from huggingface_hub import constants
-from huggingface_hub.file_download import repo_folder_name
+from fec_backbone import CheckpointError
 
-from fec_backbone import CheckpointError, detect_variant, fit_state_dict, read_fec_weights
-from fec_backbone.training import atomic_write
+from .pretrained import *  # noqa: F401,F403  (the functions, for `from seg_plugin import weights` users)
+from .pretrained import CONFIG_FILE, ENCODER_VARIANTS, install, installed_path
+from .pretrained import __all__ as _pretrained_all
 
-__all__ = ["ENCODER_VARIANTS", "REVISION", "WeightsNotInstalledError", "install", "installed_path",
-           "pretrained_settings", "repo_id"]
-
-#: smp encoder name -> FEC variant (timm name).
-ENCODER_VARIANTS: Dict[str, str] = {"fec_s": "fec_small", "fec_b": "fec_base", "fec_l": "fec_large"}
-#: The cache revision the converted weights are stored under (a fixed id of this file format, in the
-#: 40-hex form that lets ``hf_hub_download`` answer from the cache alone).
-REVISION: str = hashlib.sha1(b"fec-backbone smp encoder weights, format 1").hexdigest()
-WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
-
-
-class WeightsNotInstalledError(FileNotFoundError):
-    """ImageNet weights were requested for an FEC encoder whose converted weights are not installed."""
-
-
-def repo_id(encoder: str) -> str:
-    """The (local) Hugging Face repository id smp looks up for ``encoder``'s ImageNet weights."""
-    return f"fec-backbone/{encoder}.imagenet"
-
-
-def _snapshot(encoder: str, cache_dir: Optional[str | os.PathLike] = None) -> Path:
-    """The cache folder whose files ``hf_hub_download`` returns for ``encoder``'s weights at :data:`REVISION`."""
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else Path(constants.HF_HUB_CACHE)
-    return cache / repo_folder_name(repo_id=repo_id(encoder), repo_type="model") / "snapshots" / REVISION
-
-
-def installed_path(encoder: str, cache_dir: Optional[str | os.PathLike] = None) -> Optional[Path]:
-    """The cached ``model.safetensors`` of ``encoder`` if it is installed (with its config), else None."""
-    snapshot = _snapshot(encoder, cache_dir)
-    installed = (snapshot / WEIGHTS_FILE).is_file() and (snapshot / CONFIG_FILE).is_file()
-    return snapshot / WEIGHTS_FILE if installed else None
-
-
-class _FecPretrainedSettings(dict):
-    """smp's ``pretrained_settings`` mapping (``{"imagenet": {"repo_id", "revision"}}``) that checks,
-    when smp looks the weights up, that they are installed, and otherwise says how to install them."""
-
-    def __init__(self, encoder: str, base: str):
-        super().__init__(imagenet={"repo_id": repo_id(base), "revision": REVISION})
-        self.encoder, self.base = encoder, base
-
-    def __getitem__(self, key: str) -> Dict[str, str]:
-        settings = super().__getitem__(key)
-        if installed_path(self.base) is None:
-            raise WeightsNotInstalledError(
-                f"FEC ImageNet weights for smp encoder {self.encoder!r} are not installed (looked in "
-                f"{_snapshot(self.base)}). FEC weights are not on the Hugging Face Hub; convert the official "
-                f"checkpoint once with\n    python -m seg_plugin.weights install --encoder {self.base} "
-                f"--checkpoint /path/to/{ENCODER_VARIANTS[self.base]}.pth\n"
-                f"or build the model without them: smp.Unet({self.encoder!r}, encoder_weights=None)"
-            )
-        return settings
-
-    def __reduce__(self):
-        return (type(self), (self.encoder, self.base))
-
-
-def pretrained_settings(encoder: str, base: Optional[str] = None) -> Dict[str, Dict[str, str]]:
-    """``pretrained_settings`` for the registry entry ``encoder`` (weights of ``base``, default itself)."""
-    base = base or encoder
-    if base not in ENCODER_VARIANTS:
-        raise KeyError(f"unknown FEC encoder {base!r}; choose one of {sorted(ENCODER_VARIANTS)}")
-    return _FecPretrainedSettings(encoder, base)
-
-
-def convert(state_dict: Mapping[str, torch.Tensor], encoder: str) -> Dict[str, torch.Tensor]:
-    """FEC weights (:func:`fec_backbone.read_fec_weights`) as ``encoder``'s full state dict (depth 5).
-
-    Stem and stages come from the checkpoint; the output norms, which the ImageNet model does not have,
-    keep their fresh initialisation (weight 1, bias 0), as in the reference's segmentation backbone.
-    """
-    from .encoder import FecEncoder, encoder_params
-
-    target = FecEncoder(**encoder_params(encoder))
-    out = fit_state_dict(state_dict, target, allow_missing=("out_norms.",))
-    out.update({k: v for k, v in target.state_dict().items() if k.startswith("out_norms.")})
-    return {k: v.detach().contiguous() for k, v in out.items()}
-
-
-def install(checkpoint: str | os.PathLike, encoder: Optional[str] = None,
-            cache_dir: Optional[str | os.PathLike] = None) -> Path:
-    """Convert an official FEC ImageNet checkpoint and install it for smp's ``encoder_weights="imagenet"``.
-
-    Any checkpoint shape :func:`fec_backbone.read_fec_weights` takes (a training file gives its EMA
-    weights). Returns the installed ``model.safetensors``. Raises :class:`~fec_backbone.checkpoint.CheckpointError`
-    naming the file and the problem for unreadable checkpoints or the wrong variant. Each file is
-    written atomically, the weights before the config that marks them installed.
-    """
-    from safetensors.torch import save as save_safetensors
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-    state, where = read_fec_weights(checkpoint), repr(os.fspath(checkpoint))
-    actual = {variant: name for name, variant in ENCODER_VARIANTS.items()}.get(detect_variant(state))
-    if encoder is None and actual is None:
-        raise CheckpointError(f"{where} fits none of the FEC variants ({', '.join(ENCODER_VARIANTS.values())})")
-    encoder = encoder or actual
-    if encoder not in ENCODER_VARIANTS:
-        raise KeyError(f"unknown FEC encoder {encoder!r}; choose one of {sorted(ENCODER_VARIANTS)}")
-    try:
-        weights = convert(state, encoder)
-    except CheckpointError as err:
-        if actual is None:
-            raise CheckpointError(f"{where} cannot be installed as {encoder}: {err}") from err
-        raise CheckpointError(
-            f"{where} is an {ENCODER_VARIANTS[actual]} checkpoint (smp encoder {actual}), "
-            f"not {ENCODER_VARIANTS[encoder]} ({encoder}): pass --encoder {actual}, or leave --encoder out"
-        ) from err
-    config = {
-        "encoder": encoder,
-        "variant": ENCODER_VARIANTS[encoder],
-        "source_checkpoint": os.path.abspath(os.fspath(checkpoint)),
-        "source_sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest(),
-        "input_space": "RGB",
-        "input_range": [0, 1],
-        "mean": list(IMAGENET_DEFAULT_MEAN),
-        "std": list(IMAGENET_DEFAULT_STD),
-    }
-    snapshot = _snapshot(encoder, cache_dir)
-    for name, data in ((WEIGHTS_FILE, save_safetensors(weights, metadata={"format": "pt"})),
-                       (CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())):
-        with atomic_write(snapshot / name) as f:
-            f.write(data)
-    return snapshot / WEIGHTS_FILE
+__all__ = [*_pretrained_all, "main"]
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m seg_plugin.weights", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m seg_plugin.weights", description=__doc__.splitlines()[0],
+                                     epilog="Without the weights, build models with encoder_weights=None (trainer: "
+                                            "model.encoder_weights none).")
     sub = parser.add_subparsers(dest="command", required=True)
     p_install = sub.add_parser("install",
                                help="convert an official FEC checkpoint for smp's encoder_weights='imagenet'")

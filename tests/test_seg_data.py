@@ -171,8 +171,9 @@ def test_config_errors_name_the_setting(tmp_path):
     assert cfg["train"]["batch_size"] == 16 and cfg["data"]["crop_size"] == 512 and cfg["optim"]["poly_power"] == 0.9
     with pytest.raises(ConfigError, match="unknown setting 'train.iters'"):
         load_config(None, {"train.iters": 3})
+    assert load_config("configs/segmentation/fpn_fec_s_ade20k_80k.yaml", {"model.arch": "unet"}).model.arch == "unet"
     with pytest.raises(ConfigError, match=r"model.arch_kwargs \['decoder_dropout'\] are not arguments of smp.Unet"):
-        load_config("configs/segmentation/fpn_fec_s_ade20k_80k.yaml", {"model.arch": "unet"})
+        load_config(None, {"model.arch": "unet", "model.arch_kwargs": {"decoder_dropout": 0.1}})
     with pytest.raises(ConfigError, match="not an smp architecture"):
         load_config(None, {"model.arch": "segnet"})
     with pytest.raises(ConfigError, match="config file not found"):

@@ -345,3 +345,65 @@ def test_timm_universal_route_dilated_equals_the_registry_encoder(output_stride)
         assert torch.equal(a, to_nchw(norm(to_nhwc(b))))
     with pytest.raises(ValueError, match=r"FEC supports output_stride \[8, 16, 32\].*got 4"):
         get_encoder("tu-fec_small", weights=None, output_stride=4)
+
+
+def seg_plugin_imports():
+    """``{module: [(imported seg_plugin module, at module level?)]}`` for every module of seg_plugin."""
+    import ast
+    from pathlib import Path
+
+    root = Path(seg_plugin.__file__).parent
+    graph = {}
+    for path in sorted(root.glob("*.py")):
+        name = path.stem
+        found = []
+        tree = ast.parse(path.read_text())
+        top = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 1:  # from .x import ... / from . import x
+                    targets = [node.module] if node.module else [a.name for a in node.names]
+                elif (node.module or "").startswith("seg_plugin"):
+                    rest = node.module.split(".", 1)
+                    targets = [rest[1]] if len(rest) > 1 else [a.name for a in node.names]
+                else:
+                    continue
+            elif isinstance(node, ast.Import):
+                targets = [a.name.split(".", 1)[1] for a in node.names if a.name.startswith("seg_plugin.")]
+            else:
+                continue
+            found += [(t.split(".")[0], id(node) in top) for t in targets]
+        graph[name] = found
+    return graph
+
+
+def test_seg_plugin_imports_run_one_way():
+    """No import cycle inside seg_plugin, and no function-level import of a seg_plugin module (such an
+    import exists only to dodge a cycle); the weights converter needs only the core package."""
+    graph = seg_plugin_imports()
+    assert not [(m, t) for m, imports in graph.items() for t, top in imports if not top]
+    assert graph["pretrained"] == []
+    assert ("pretrained", True) in graph["encoder"]
+    assert not [m for m, imports in graph.items() for t, _ in imports if t == "weights"]  # `python -m` runs it fresh
+    order, seen = [], set()
+
+    def visit(module, path=()):
+        assert module not in path, f"import cycle: {' -> '.join(path + (module,))}"
+        if module in seen:
+            return
+        for target, _ in graph.get(module, []):
+            visit(target, path + (module,))
+        seen.add(module)
+        order.append(module)
+
+    for module in graph:
+        visit(module)
+
+
+def test_registry_entries_are_smp_style_data_beside_the_encoder():
+    from seg_plugin import encoder as encoder_module
+
+    for name, entry in encoder_module.fec_encoders.items():
+        assert set(entry) == {"encoder", "pretrained_settings", "params"}
+        assert entry["encoder"] is FecEncoder and smp.encoders.encoders[name] is entry
+        assert entry["params"] == seg_plugin.encoder_params(name)

@@ -77,7 +77,8 @@ def test_training_on_toy_data_beats_the_untrained_model(toy, tmp_path, capsys):
     import segmentation_models_pytorch as smp
 
     saved = smp.from_pretrained(str(tmp_path / "run" / "model"))
-    assert isinstance(saved, smp.Linknet) and saved.encoder.__class__.__name__ == "FecEncoder"
+    assert isinstance(saved, smp.Linknet) and saved.config["encoder_name"] == "tu-fec_small"
+    assert saved.encoder.model.model.stages[0].blocks[0].token_mixer.proposals == (2, 2)
 
 
 def test_interrupted_run_resumes_to_the_identical_result(toy, tmp_path):
@@ -184,22 +185,55 @@ def test_evaluation_metrics_leave_out_absent_classes(toy):
     assert float(result["mIoU"]) == 0.5 and float(result["aAcc"]) == pytest.approx(2 / 3)
 
 
-def test_unused_parameters_are_detected_for_ddp(toy):
+@pytest.mark.parametrize("config", ["toy", "fpn"])
+def test_unused_parameters_are_detected_for_ddp(toy, config):
     """Decoders that skip encoder levels leave those levels' output norms without gradient: DDP is then
-    built with find_unused_parameters (FPN, the reference, uses every parameter)."""
-    cfg = toy_config(toy, **{"model.arch": "deeplabv3", "model.encoder_depth": 5})
+    built with find_unused_parameters (FPN, the reference, uses every parameter). Both encoder routes: the
+    toy recipe's (encoder_params: smp's tu-fec_small) and the ADE20K recipe's (registry fec_s)."""
+    settings = {"model.arch": "deeplabv3", "model.encoder_depth": 5}
+    if config == "toy":
+        cfg, prefix = toy_config(toy, **settings), "encoder.model.model."
+    else:
+        cfg = load_config(CONFIGS / "fpn_fec_s_ade20k_80k.yaml", {**settings, "model.encoder_weights": None})
+        prefix = "encoder."
     model = build_model(cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     unused = _unused_parameters(model, 32, torch.device("cpu"))
-    assert unused == [f"encoder.out_norms.{i}.{p}" for i in range(3) for p in ("weight", "bias")]
+    assert unused == [f"{prefix}out_norms.{i}.{p}" for i in range(3) for p in ("weight", "bias")]
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # BatchNorm statistics kept
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_registry_route_loads_the_imagenet_weights_without_recording_them(tmp_path, monkeypatch):
+    """The ADE20K recipe (fec_s, encoder_weights imagenet): the installed weights are in the built model, its
+    config says encoder_weights=None; not installed, the error says how to install them."""
+    import huggingface_hub.constants
+    import segmentation_models_pytorch as smp
+
+    import seg_plugin
+    from helpers import official_state_dict
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cfg = load_config(CONFIGS / "fpn_fec_s_ade20k_80k.yaml", {"data.num_classes": 3})
+    with pytest.raises(seg_plugin.WeightsNotInstalledError, match="python -m seg_plugin.weights install"):
+        build_model(cfg)
+    state = official_state_dict("fec_small", seed=4)
+    torch.save(state, tmp_path / "fec_small.pth")
+    seg_plugin.install(tmp_path / "fec_small.pth")
+    names = set(smp.encoders.encoders)
+    model = build_model(cfg)
+    assert set(smp.encoders.encoders) == names and type(model.encoder) is seg_plugin.FecEncoder
+    assert torch.equal(model.encoder.stem.proj.weight, state["patch_embed.proj.weight"])
+    assert torch.equal(model.encoder.stages[1].blocks[0].mlp.fc1.weight, state["network.2.0.mlp.fc1.weight"])
+    assert model.config["encoder_weights"] is None and model.config["encoder_name"] == "fec_s"
 
 
 def test_configs_inherit_the_recipe_and_reject_unknown_keys(tmp_path):
     small, base = load_config(CONFIGS / "fpn_fec_s_ade20k_80k.yaml"), load_config(CONFIGS / "fpn_fec_b_ade20k_80k.yaml")
     assert base.model.encoder == "fec_b" and load_config(CONFIGS / "fpn_fec_l_ade20k_80k.yaml").model.encoder == "fec_l"
-    assert {**base, "model": None} == {**small, "model": None} and base.model.arch_kwargs == {"decoder_dropout": 0.1}
+    assert {**base, "model": None} == {**small, "model": None}
+    assert base.model.arch_kwargs == {"fpn": {"decoder_dropout": 0.1}}
     toy = load_config(TOY_CONFIG)
     assert toy.model.arch == "linknet" and toy.model.encoder_depth == 2 and toy.model.arch_kwargs == {}
     assert toy.optim.weight_decay == 1e-4 and toy.train.iterations == 600
@@ -221,3 +255,121 @@ def test_command_line_errors_are_one_clear_line(tmp_path):
     typo = subprocess.run([sys.executable, "-m", "seg_plugin.train_ade20k", "--out-dir", str(tmp_path / "out"),
                            "train.iters", "5"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
     assert typo.returncode == 2 and typo.stderr.startswith("error: command line: unknown setting 'train.iters'")
+
+
+TRAIN_AND_RECORD = r"""
+import sys, torch
+import segmentation_models_pytorch as smp
+import seg_plugin
+from lightning.pytorch.callbacks import Callback
+from seg_plugin.train_ade20k import load_config, train
+from seg_plugin.pretrained import _fec_of
+
+config, root, out, standin = sys.argv[1:5]
+names = set(smp.encoders.encoders)
+torch.set_num_threads(1)
+
+
+class Keep(Callback):
+    def on_train_start(self, trainer, module):  # the installed ImageNet weights are in the encoder
+        stem = _fec_of(module.model.encoder).stem.proj.weight
+        assert torch.equal(stem, torch.load(standin)["patch_embed.proj.weight"]), "ImageNet weights not loaded"
+
+    def on_fit_end(self, trainer, module):
+        self.model = module.model
+
+
+keep = Keep()
+cfg = load_config(config, {"data.root": root, "train.progress": False, "train.iterations": 3,
+                           "train.eval_at_start": False, "train.log_interval": 1})
+train(cfg, out, callbacks=[keep])
+assert set(smp.encoders.encoders) == names, sorted(set(smp.encoders.encoders) - names)
+x = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+with torch.inference_mode():
+    torch.save({"x": x, "y": keep.model.eval()(x)}, out + "/expected.pt")
+"""
+
+RELOAD = r"""
+import sys, torch
+import seg_plugin, segmentation_models_pytorch as smp
+from seg_plugin.pretrained import _fec_of
+
+torch.set_num_threads(1)
+model = smp.from_pretrained(sys.argv[1] + "/model").eval()
+expected = torch.load(sys.argv[1] + "/expected.pt")
+with torch.inference_mode():
+    y = model(expected["x"])
+assert torch.equal(y, expected["y"]), (y - expected["y"]).abs().max()
+fec = _fec_of(model.encoder)
+mixer = fec.stages[0].blocks[0].token_mixer
+assert (mixer.proposals, mixer.folds) == ((2, 2), (2, 2)), (mixer.proposals, mixer.folds)
+assert fec.stages[0].blocks[-1].drop_path.drop_prob > 0
+print(type(model).__name__, "reloaded, same outputs")
+"""
+
+
+def test_trained_model_reloads_in_a_new_process_with_its_settings(toy, tmp_path):
+    """The toy recipe with other FEC settings (detection preset, 2x2 centres, drop path) and the ImageNet
+    weights, trained by the trainer in one process, then ``smp.from_pretrained`` in another that has no
+    ImageNet weights installed: the same model (settings and outputs, bit for bit). Training writes no
+    name into smp's encoder registry."""
+    from helpers import official_state_dict
+
+    standin = tmp_path / "fec_small.pth"
+    torch.save(official_state_dict("fec_small", seed=3), standin)
+    with_weights = dict(env(), HF_HUB_CACHE=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    installed = subprocess.run([sys.executable, "-m", "seg_plugin.weights", "install", "--checkpoint", str(standin)],
+                               cwd=REPO, env=with_weights, capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr
+    config = tmp_path / "toy_other_settings.yaml"
+    config.write_text(f"_BASE_: {TOY_CONFIG}\nmodel:\n  encoder_weights: imagenet\n"
+                      "  encoder_params:\n    preset: detection\n    drop_path_rate: 0.1\n")
+    out = tmp_path / "run"
+    trained = subprocess.run([sys.executable, "-c", TRAIN_AND_RECORD, str(config), str(toy), str(out), str(standin)],
+                             cwd=REPO, env=with_weights, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    elsewhere = dict(env(), HF_HUB_CACHE=str(tmp_path / "empty_cache"), HF_HUB_OFFLINE="1")
+    reloaded = subprocess.run([sys.executable, "-c", RELOAD, str(out)], cwd=tmp_path, env=elsewhere,
+                              capture_output=True, text=True, timeout=300)
+    assert reloaded.returncode == 0, reloaded.stderr[-3000:]
+    assert "Linknet reloaded, same outputs" in reloaded.stdout
+    assert "built as smp's tu-fec_small with feature_norms=True, preset='detection'" in trained.stdout
+    assert "proposals=[2, 2, 2, 2], drop_path_rate=0.1" in trained.stdout
+    import json
+
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert saved["encoder_name"] == "tu-fec_small" and saved["encoder_weights"] is None
+    assert {k: saved[k] for k in ("feature_norms", "preset", "proposals", "drop_path_rate")} == {
+        "feature_norms": True, "preset": "detection", "proposals": [2, 2, 2, 2], "drop_path_rate": 0.1}
+
+
+def test_checkpoints_of_the_registry_route_resume_on_the_timm_route(toy):
+    """A run of the toy recipe checkpointed before encoder_params models took smp's timm route has the
+    encoder under model.encoder.: its keys move to model.encoder.model.model. (the same modules)."""
+    from seg_plugin.train_ade20k import upgrade_state_dict
+
+    module = SegmentationModule(toy_config(toy), ["ground", "common", "odd"])
+    ours = module.state_dict()
+    assert "model.encoder.model.model.stem.proj.weight" in ours
+    old = {k.replace("model.encoder.model.model.", "model.encoder."): v + 1 for k, v in ours.items()}
+    upgraded = upgrade_state_dict(old, ours)
+    assert list(upgraded) == list(ours)
+    module.load_state_dict(upgraded)
+    assert torch.equal(module.model.encoder.model.model.stem.proj.weight, old["model.encoder.stem.proj.weight"])
+    assert upgrade_state_dict(ours, ours) is ours
+
+
+def test_timm_route_checkpoint_file_is_loaded_not_recorded(tmp_path):
+    """``tu-fec_small`` with timm's ``pretrained_cfg_overlay.file`` in encoder_params: the trainer loads the
+    file into the encoder itself, so the saved config names neither the file nor pretrained weights."""
+    from helpers import official_state_dict
+
+    state = official_state_dict("fec_small", seed=6)
+    torch.save({"state_dict": state}, tmp_path / "fec_small.pth")
+    config = tmp_path / "tu.yaml"
+    config.write_text(f"_BASE_: {CONFIGS / 'fpn_fec_s_ade20k_80k.yaml'}\nmodel:\n  encoder: tu-fec_small\n"
+                      f"  encoder_params:\n    feature_norms: true\n    preset: segmentation\n"
+                      f"    pretrained_cfg_overlay:\n      file: {tmp_path / 'fec_small.pth'}\n")
+    model = build_model(load_config(config, {"data.num_classes": 3}))
+    assert torch.equal(model.encoder.model.model.stem.proj.weight, state["patch_embed.proj.weight"])
+    assert model.config["encoder_weights"] is None and "pretrained_cfg_overlay" not in model.config

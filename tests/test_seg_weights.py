@@ -14,7 +14,7 @@ import seg_plugin
 from fec_backbone.checkpoint import CheckpointError
 from fec_backbone.checkpoint import map_official_key
 from helpers import official_state_dict
-from seg_plugin import weights
+from seg_plugin import pretrained, weights
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -168,3 +168,45 @@ def test_timm_universal_route_loads_an_official_checkpoint(official):
             assert torch.equal(ours[map_official_key(key)], value), key
     with pytest.raises(RuntimeError, match="No pretrained weights exist for fec_small"):
         smp.Unet("tu-fec_small", encoder_weights=True)  # no file given: timm says so
+
+
+@pytest.mark.parametrize("encoder", ["fec_s", "fec_b", "fec_l"])
+def test_converted_weights_have_exactly_the_encoders_keys(encoder):
+    """The converter builds its target from the core model (no dependence on the smp encoder module):
+    its keys and shapes are those of the registry encoder at depth 5."""
+    from seg_plugin.encoder import FecEncoder, encoder_params
+
+    target = pretrained._encoder_target(encoder)
+    ours = FecEncoder(**encoder_params(encoder)).state_dict()
+    theirs = target.state_dict()
+    assert list(theirs) == list(ours)
+    assert all(theirs[k].shape == ours[k].shape for k in ours)
+
+
+def test_imagenet_weights_load_into_either_route_built_without_them(hf_cache, official):
+    """``load_imagenet_weights`` gives a model built with ``encoder_weights=None`` the installed weights:
+    the registry encoder, and smp's timm route with the same settings (``tu-fec_small``,
+    ``feature_norms=True``), at depth 2 too; the saved configs then say ``encoder_weights=None``."""
+    path, state = official
+    with pytest.raises(seg_plugin.WeightsNotInstalledError, match="python -m seg_plugin.weights install"):
+        seg_plugin.load_imagenet_weights(smp.Unet("fec_s", encoder_weights=None).encoder, "fec_s")
+    installed = weights.install(path)
+    registry = smp.Unet("fec_s", encoder_weights=None)
+    assert seg_plugin.load_imagenet_weights(registry.encoder, "fec_s") == installed
+    assert_encoder_holds(registry.encoder, state)
+    assert registry.config["encoder_weights"] is None
+    for depth in (5, 2):
+        universal = smp.Linknet("tu-fec_small", encoder_weights=None, encoder_depth=depth, feature_norms=True,
+                                preset="segmentation", proposals=(2, 2, 2, 2))
+        seg_plugin.load_imagenet_weights(universal.encoder, "tu-fec_small")
+        ours = universal.encoder.model.model.state_dict()
+        for key, value in state.items():
+            ours_key = map_official_key(key)
+            if ours_key in ours:
+                assert torch.equal(ours[ours_key], value), key
+        assert len(universal.encoder.model.model.stages) == max(depth - 1, 1)
+    plain = smp.Unet("tu-fec_small", encoder_weights=None)  # no output norms: the installed (fresh) ones are left out
+    seg_plugin.load_imagenet_weights(plain.encoder, "tu-fec_small")
+    assert torch.equal(plain.encoder.model.model.stem.proj.weight, state["patch_embed.proj.weight"])
+    with pytest.raises(KeyError, match="not an FEC smp encoder"):
+        seg_plugin.load_imagenet_weights(smp.Unet("resnet18", encoder_weights=None).encoder, "resnet18")

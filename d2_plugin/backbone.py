@@ -127,7 +127,7 @@ class FECBackbone(Backbone):
 
     @property
     def padding_constraints(self) -> Dict[str, int]:
-        """Padding for Detectron2 versions that read it (``main``; v0.6 reads ``size_divisibility``)."""
+        """What Detectron2 pads each batch to (``ImageList.from_tensors``): :attr:`size_divisibility`."""
         return {"size_divisibility": self.size_divisibility}
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:

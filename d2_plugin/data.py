@@ -8,14 +8,12 @@ the problem.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
 from typing import Any, Dict, Iterable, List, Optional
 
 from detectron2.data import MetadataCatalog, build_detection_train_loader
-from detectron2.data.build import build_batch_data_loader
 
 from fec_backbone.training import ResumableSampler
 
@@ -180,13 +178,7 @@ def build_resumable_train_loader(cfg, seed: int, start_iter: int = 0, mapper=Non
     sampler = ResumableSampler(len(dataset), comm.get_rank(), comm.get_world_size(), seed=seed,
                                start=start_iter * per_rank)
     kwargs: Dict[str, Any] = {} if mapper is None else {"mapper": mapper}
-    if _LOADER_TAKES_SEED:
-        # The loader gets its own generator: Detectron2 main makes the loader's iterator lazily, at the
-        # first step after a (re)start, and torch's DataLoader draws its base seed from the global
-        # generator when no generator is given, which would shift the resumed run's random stream.
-        kwargs["seed"] = seed
-    return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler, **kwargs)
-
-
-# Detectron2 main's batch loader takes ``seed`` (a generator of its own); v0.6 has no such argument.
-_LOADER_TAKES_SEED = "seed" in inspect.signature(build_batch_data_loader).parameters
+    # The loader gets its own generator (``seed``): Detectron2 makes the loader's iterator lazily, at the
+    # first step after a (re)start, and torch's DataLoader draws its base seed from the global generator
+    # when no generator is given, which would shift the resumed run's random stream.
+    return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler, seed=seed, **kwargs)

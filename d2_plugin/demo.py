@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Dict, Optional, Sequence
 
-from d2_plugin.compat import detectron2_version
+import detectron2
 from fec_backbone.model_zoo import get_config_file
 from d2_plugin.train_net import Trainer, register_datasets, setup
 
@@ -47,7 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         after = Trainer.test(cfg, trainer.model)
     step_time = trainer.storage.history("time").global_avg()
     rows = [(task, _ap(before, task), _ap(after, task)) for task in ("bbox", "segm")]
-    print(f"\nFEC Mask R-CNN ({cfg.MODEL.FEC.NAME}) on {cfg.DATASETS.TEST[0]}, Detectron2 {detectron2_version()}")
+    print(f"\nFEC Mask R-CNN ({cfg.MODEL.FEC.NAME}) on {cfg.DATASETS.TEST[0]}, Detectron2 {detectron2.__version__}")
     print(f"{'':10}{'untrained':>12}{f'after {cfg.SOLVER.MAX_ITER} it':>16}")
     for task, b, a in rows:
         print(f"{'box AP' if task == 'bbox' else 'mask AP':10}{b:12.2f}{a:16.2f}")

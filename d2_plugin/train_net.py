@@ -20,14 +20,14 @@ if __package__ in (None, ""):  # run as a script: import the package, not the fi
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
     sys.path.insert(0, os.path.dirname(_here))
 
-import d2_plugin  # noqa: E402  (applies the compatibility shims before detectron2 is imported)
-from d2_plugin.compat import detectron2_version, has_compiled_ops  # noqa: E402
+import d2_plugin  # noqa: E402
 from d2_plugin.data import check_datasets  # noqa: E402
 from d2_plugin.engine import ResumableTrainerMixin  # noqa: E402
 from d2_plugin.solver import build_fec_optimizer  # noqa: E402
 from d2_plugin.toy_data import prepare_toy_datasets  # noqa: E402
 from fec_backbone.model_zoo import resolve_config  # noqa: E402
 
+import detectron2  # noqa: E402
 import detectron2.utils.comm as comm  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
@@ -43,7 +43,7 @@ class Trainer(ResumableTrainerMixin, DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=has_compiled_ops())
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -74,7 +74,7 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if comm.is_main_process():
-        print(f"Detectron2 {detectron2_version()} (compiled ops: {'yes' if has_compiled_ops() else 'no'})", flush=True)
+        print(f"Detectron2 {detectron2.__version__} at {os.path.dirname(detectron2.__file__)}", flush=True)
     register_datasets(cfg, train=not args.eval_only)
     if args.eval_only:
         model = Trainer.build_model(cfg)

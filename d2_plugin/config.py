@@ -12,8 +12,10 @@ def add_fec_config(cfg: CN) -> None:
     ``MODEL.FEC``:
 
     * ``NAME``: timm model name (``fec_small``, ``fec_base``, ``fec_large``).
-    * ``PROPOSALS``: cluster centres per side, per stage (detection preset: 7, 7, 7, 7).
-    * ``FOLDS``: clustering regions per side, per stage (detection preset: 2, 2, 1, 1).
+    * ``PRESET``: the clustering layout, a name in :data:`fec_backbone.PRESETS` (``detection``, the
+      reference detection models' layout, is the only place its numbers are written).
+    * ``PROPOSALS``: cluster centres per side, one per stage; empty (default): the preset's.
+    * ``FOLDS``: clustering regions per side, one per stage; empty (default): the preset's.
     * ``DROP_PATH_RATE``: stochastic depth of the deepest block.
     * ``OUT_FEATURES``: stage maps to return, among ``res2`` .. ``res5`` (strides 4 .. 32).
     * ``FREEZE_AT``: 0 trains everything; 1 freezes the stem; ``k`` >= 2 also freezes stages
@@ -24,8 +26,9 @@ def add_fec_config(cfg: CN) -> None:
     """
     cfg.MODEL.FEC = CN()
     cfg.MODEL.FEC.NAME = "fec_small"
-    cfg.MODEL.FEC.PROPOSALS = [7, 7, 7, 7]
-    cfg.MODEL.FEC.FOLDS = [2, 2, 1, 1]
+    cfg.MODEL.FEC.PRESET = "detection"
+    cfg.MODEL.FEC.PROPOSALS = []
+    cfg.MODEL.FEC.FOLDS = []
     cfg.MODEL.FEC.DROP_PATH_RATE = 0.0
     cfg.MODEL.FEC.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.FEC.FREEZE_AT = 0

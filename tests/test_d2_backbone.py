@@ -38,6 +38,23 @@ def make_cfg(config: str = "toy_mask_rcnn_fec_s.yaml", *opts):
     return cfg
 
 
+def _layout(body):
+    """(proposals, folds) per stage, read from the clustering blocks and pools of an FEC model."""
+    stages = []
+    for stage in body.stages:
+        mixers = [m for m in stage.modules() if isinstance(m, fec_backbone.fec.ClusterMixer)]
+        pools = [m for m in stage.modules() if isinstance(m, fec_backbone.fec.ClusterPool)]
+        assert len({m.proposals for m in mixers}) == 1 and len({m.folds for m in mixers + pools}) == 1
+        stages.append((mixers[0].proposals, mixers[0].folds))
+    return stages
+
+
+def _preset_layout(preset):
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    p = fec_backbone.PRESETS[preset]
+    return [(pair(a), pair(b)) for a, b in zip(p["proposals"], p["folds"])]
+
+
 def test_builders_registered():
     for name in ("build_fec_backbone", "build_fec_fpn_backbone", "build_retinanet_fec_fpn_backbone"):
         assert BACKBONE_REGISTRY.get(name) is not None
@@ -54,8 +71,7 @@ def test_fec_backbone_outputs(name):
     assert [s.stride for s in shapes.values()] == [4, 8, 16, 32]
     assert backbone.size_divisibility == 32
     assert backbone.padding_constraints == {"size_divisibility": 32}
-    mixers = [m for m in backbone.modules() if isinstance(m, fec_backbone.fec.ClusterMixer)]
-    assert [m.proposals for m in mixers[:1]] == [(7, 7)] and mixers[0].folds == (2, 2) and mixers[-1].folds == (1, 1)
+    assert _layout(backbone.body) == _preset_layout("detection")  # the reference detection layout
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         out = backbone(x)
@@ -154,7 +170,8 @@ def test_configs():
         cfg = make_cfg(file)
         assert (cfg.MODEL.FEC.NAME, cfg.MODEL.META_ARCHITECTURE, cfg.SOLVER.BASE_LR) == (name, arch, lr), file
         assert cfg.MODEL.MASK_ON == (arch == "GeneralizedRCNN")
-        assert list(cfg.MODEL.FEC.PROPOSALS) == [7, 7, 7, 7] and list(cfg.MODEL.FEC.FOLDS) == [2, 2, 1, 1]
+        # the layout is fec_backbone.PRESETS["detection"], written nowhere else
+        assert (cfg.MODEL.FEC.PRESET, list(cfg.MODEL.FEC.PROPOSALS), list(cfg.MODEL.FEC.FOLDS)) == ("detection", [], [])
         s = cfg.SOLVER
         epoch = 7330
         assert (s.IMS_PER_BATCH, s.WEIGHT_DECAY, s.WARMUP_ITERS, s.MAX_ITER) == (16, 1e-4, 500, 12 * epoch)
@@ -225,6 +242,17 @@ def test_odd_image_sizes(sizes):
     for out, (h, w) in zip(outputs, sizes):
         assert out["instances"].image_size == (h, w)
         assert out["instances"].pred_masks.shape[-2:] == (h, w)
+
+
+def test_layout_preset_and_overrides():
+    """MODEL.FEC.PRESET picks a layout of fec_backbone.PRESETS; PROPOSALS / FOLDS override it per stage."""
+    plain = "MODEL.BACKBONE.NAME", "build_fec_backbone"
+    body = build_backbone(make_cfg("toy_mask_rcnn_fec_s.yaml", *plain, "MODEL.FEC.PRESET", "segmentation")).body
+    assert _layout(body) == _preset_layout("segmentation")
+    body = build_backbone(make_cfg("toy_mask_rcnn_fec_s.yaml", *plain, "MODEL.FEC.PROPOSALS", [5, 5, 3, 3])).body
+    assert _layout(body) == [((p, p), f) for p, (_, f) in zip([5, 5, 3, 3], _preset_layout("detection"))]
+    with pytest.raises(ValueError, match="preset"):
+        build_backbone(make_cfg("toy_mask_rcnn_fec_s.yaml", *plain, "MODEL.FEC.PRESET", "detector"))
 
 
 def test_size_divisibility_follows_folds():

@@ -2,7 +2,8 @@
 
 ``import d2_plugin`` registers the backbones ``build_fec_backbone``, ``build_fec_fpn_backbone`` and
 ``build_retinanet_fec_fpn_backbone`` with Detectron2's ``BACKBONE_REGISTRY``; :func:`add_fec_config`
-adds the ``MODEL.FEC`` options::
+adds the ``MODEL.FEC`` options; :class:`FECCheckpointer` (a ``DetectionCheckpointer``) loads
+``MODEL.WEIGHTS``, FEC ImageNet checkpoints included::
 
     import d2_plugin
     from detectron2.config import get_cfg
@@ -17,15 +18,15 @@ from .backbone import (
     build_fec_backbone,
     build_fec_fpn_backbone,
     build_retinanet_fec_fpn_backbone,
-    load_imagenet_weights,
 )
+from .checkpoint import FECCheckpointer
 from .config import add_fec_config
 
 __all__ = [
     "FECBackbone",
+    "FECCheckpointer",
     "add_fec_config",
     "build_fec_backbone",
     "build_fec_fpn_backbone",
     "build_retinanet_fec_fpn_backbone",
-    "load_imagenet_weights",
 ]

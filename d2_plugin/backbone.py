@@ -27,12 +27,13 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P
 import fec_backbone
 from fec_backbone.fec import ClusterMixer, ClusterPool
 
+from .config import WEIGHTS_REMOVED
+
 __all__ = [
     "FECBackbone",
     "build_fec_backbone",
     "build_fec_fpn_backbone",
     "build_retinanet_fec_fpn_backbone",
-    "load_imagenet_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,6 @@ class FECBackbone(Backbone):
         drop_path_rate: stochastic depth of the deepest block.
         freeze_at: 0 nothing, 1 the stem, ``k`` >= 2 the stem and stages ``res2`` .. ``res<k>``.
         in_chans: image channels.
-        weights: path of an FEC ImageNet checkpoint to load, or ``""``.
         norm_outputs: put a GroupNorm on each returned map (the reference detection models do).
         grad_checkpointing: recompute the stages in the backward pass to save memory.
     """
@@ -67,7 +67,6 @@ class FECBackbone(Backbone):
         drop_path_rate: float = 0.0,
         freeze_at: int = 0,
         in_chans: int = 3,
-        weights: str = "",
         norm_outputs: bool = True,
         grad_checkpointing: bool = False,
     ):
@@ -91,8 +90,6 @@ class FECBackbone(Backbone):
             folds=None if folds is None else tuple(folds),
             drop_path_rate=drop_path_rate,
         )
-        if weights:
-            load_imagenet_weights(self.body, weights)
         self.body.set_grad_checkpointing(grad_checkpointing)
         # Each fold must divide its stage's map (stride 4 * 2**i): the input pads to a multiple of all of them.
         self._size_divisibility = math.lcm(self.body.reduction, *(
@@ -150,15 +147,10 @@ class FECBackbone(Backbone):
         }
 
 
-def load_imagenet_weights(model: fec_backbone.FEC, path: str) -> None:
-    """Load an FEC ImageNet checkpoint (any shape :func:`fec_backbone.read_fec_weights` takes: official or
-    ours, EMA weights first) into ``model``, every backbone tensor required; raises
-    :class:`~fec_backbone.CheckpointError` naming the file and the problem."""
-    fec_backbone.load_fec_weights(model, path)
-
-
 def _fec_from_cfg(cfg: CfgNode, input_shape: ShapeSpec) -> FECBackbone:
     c = cfg.MODEL.FEC
+    if "WEIGHTS" in c:  # set in Python: merging it from a file or the command line already fails
+        raise ValueError(WEIGHTS_REMOVED)
     return FECBackbone(
         name=c.NAME,
         out_features=c.OUT_FEATURES,
@@ -168,7 +160,6 @@ def _fec_from_cfg(cfg: CfgNode, input_shape: ShapeSpec) -> FECBackbone:
         drop_path_rate=c.DROP_PATH_RATE,
         freeze_at=c.FREEZE_AT,
         in_chans=input_shape.channels,
-        weights=c.WEIGHTS,
         grad_checkpointing=c.GRAD_CHECKPOINT,
     )
 

@@ -15,7 +15,7 @@ from typing import Dict, Optional, Sequence
 
 import detectron2
 from fec_backbone.model_zoo import get_config_file
-from d2_plugin.train_net import Trainer, register_datasets, setup
+from d2_plugin.trainer import Trainer, register_datasets, setup
 
 from detectron2.engine import default_argument_parser
 

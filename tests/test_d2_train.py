@@ -17,7 +17,7 @@ if os.environ.get("FEC_REQUIRE_DETECTRON2") != "1":  # CI requires it: a missing
     pytest.importorskip("detectron2")
 import detectron2  # noqa: E402
 from d2_plugin.toy_data import prepare_toy_datasets  # noqa: E402
-from d2_plugin.train_net import Trainer  # noqa: E402
+from d2_plugin.trainer import Trainer  # noqa: E402
 
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.engine import HookBase  # noqa: E402

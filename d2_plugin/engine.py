@@ -108,7 +108,8 @@ class ResumableTrainerMixin:
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0, seed: Optional[int] = None):
-        """The config's training loader, ``start_iter`` batches into its sample stream."""
+        """The config's training loader over its checked dataset dicts (:mod:`d2_plugin.data`),
+        ``start_iter`` batches into its sample stream."""
         seed = sampler_seed(cfg) if seed is None else seed
         loader = build_resumable_train_loader(cfg, seed=seed, start_iter=start_iter)
         loader.fec_sampler_seed = seed

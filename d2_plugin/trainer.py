@@ -22,16 +22,17 @@ from fec_backbone.model_zoo import resolve_config
 
 from .checkpoint import FECCheckpointer
 from .config import add_fec_config
+from .data import build_checked_test_loader
 from .engine import ResumableTrainerMixin
 from .solver import build_fec_optimizer
-from .toy_data import prepare_toy_datasets
-from .data import check_datasets
 
 __all__ = ["Trainer", "main", "setup"]
 
 
 class Trainer(ResumableTrainerMixin, DefaultTrainer):
-    """``DefaultTrainer`` with COCO evaluation, FEC's AdamW, an exact resume and :class:`FECCheckpointer`."""
+    """``DefaultTrainer`` with COCO evaluation, FEC's AdamW, an exact resume, :class:`FECCheckpointer`, and
+    train and test loaders over dataset dicts checked once up front (:mod:`d2_plugin.data`: missing images
+    and malformed annotation files stop the run before its first step, with the file named)."""
 
     def build_hooks(self):
         # DefaultTrainer.__init__ makes its DetectionCheckpointer right before it calls build_hooks, which
@@ -50,11 +51,10 @@ class Trainer(ResumableTrainerMixin, DefaultTrainer):
     def build_optimizer(cls, cfg, model):
         return build_fec_optimizer(cfg, model)
 
-
-def register_datasets(cfg, train: bool = True) -> None:
-    names = (list(cfg.DATASETS.TRAIN) if train else []) + list(cfg.DATASETS.TEST)
-    prepare_toy_datasets(names)
-    check_datasets(names)
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """Detectron2's test loader over the checked dataset dicts (:func:`d2_plugin.data.load_dataset_dicts`)."""
+        return build_checked_test_loader(cfg, dataset_name)
 
 
 def setup(args):
@@ -78,7 +78,6 @@ def main(args):
     cfg = setup(args)
     if comm.is_main_process():
         print(f"Detectron2 {detectron2.__version__} at {os.path.dirname(detectron2.__file__)}", flush=True)
-    register_datasets(cfg, train=not args.eval_only)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         FECCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)

@@ -70,10 +70,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"\n==> training {cfg.SOLVER.MAX_ITER} iterations (batch {cfg.SOLVER.IMS_PER_BATCH}), "
           f"checkpoints in {cfg.OUTPUT_DIR}", flush=True)
     start = time.perf_counter()
-    after = trainer.train()
+    trainer.train()
     wall = time.perf_counter() - start
-    if not after:
-        after = Trainer.test(cfg, trainer.model)
+    # DefaultTrainer's EvalHook evaluated after the last iteration (TEST.EVAL_PERIOD 0: only then)
+    after = getattr(trainer, "_last_eval_results", None) or Trainer.test(cfg, trainer.model)
     step_time = trainer.storage.history("time").global_avg()
     rows = [(task, _ap(before, task), _ap(after, task)) for task in ("bbox", "segm")]
     print(f"\nFEC Mask R-CNN ({cfg.MODEL.FEC.NAME}) on {cfg.DATASETS.TEST[0]}, Detectron2 {detectron2.__version__}")

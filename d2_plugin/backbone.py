@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import timm
 import torch
@@ -25,13 +25,15 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 
 import fec_backbone
+from fec_backbone.fec import ClusterMixer, ClusterPool
+
+from .config import WEIGHTS_REMOVED
 
 __all__ = [
     "FECBackbone",
     "build_fec_backbone",
     "build_fec_fpn_backbone",
     "build_retinanet_fec_fpn_backbone",
-    "load_imagenet_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,11 +47,12 @@ class FECBackbone(Backbone):
     Args:
         name: timm model name (``fec_small``, ``fec_base``, ``fec_large``).
         out_features: stage maps to return, among ``res2`` .. ``res5``.
-        proposals, folds: per-stage clustering layout (see :data:`fec_backbone.PRESETS`).
+        preset: clustering layout by task, a name in :data:`fec_backbone.PRESETS` (``detection``: the
+            reference detection models' proposals and folds per stage).
+        proposals, folds: per-stage overrides of the preset's proposals / folds; ``None`` keeps them.
         drop_path_rate: stochastic depth of the deepest block.
         freeze_at: 0 nothing, 1 the stem, ``k`` >= 2 the stem and stages ``res2`` .. ``res<k>``.
         in_chans: image channels.
-        weights: path of an FEC ImageNet checkpoint to load, or ``""``.
         norm_outputs: put a GroupNorm on each returned map (the reference detection models do).
         grad_checkpointing: recompute the stages in the backward pass to save memory.
     """
@@ -58,12 +61,12 @@ class FECBackbone(Backbone):
         self,
         name: str = "fec_small",
         out_features: Sequence[str] = STAGE_NAMES,
-        proposals: Sequence[int] = (7, 7, 7, 7),
-        folds: Sequence[int] = (2, 2, 1, 1),
+        preset: str = "detection",
+        proposals: Optional[Sequence[int]] = None,
+        folds: Optional[Sequence[int]] = None,
         drop_path_rate: float = 0.0,
         freeze_at: int = 0,
         in_chans: int = 3,
-        weights: str = "",
         norm_outputs: bool = True,
         grad_checkpointing: bool = False,
     ):
@@ -82,21 +85,23 @@ class FECBackbone(Backbone):
             name,
             num_classes=0,
             in_chans=in_chans,
-            proposals=tuple(proposals),
-            folds=tuple(folds),
+            preset=preset,
+            proposals=None if proposals is None else tuple(proposals),
+            folds=None if folds is None else tuple(folds),
             drop_path_rate=drop_path_rate,
         )
-        if weights:
-            load_imagenet_weights(self.body, weights)
         self.body.set_grad_checkpointing(grad_checkpointing)
+        # Each fold must divide its stage's map (stride 4 * 2**i): the input pads to a multiple of all of them.
+        self._size_divisibility = math.lcm(self.body.reduction, *(
+            4 * 2**i * f for i, stage in enumerate(self.body.stages)
+            for m in stage.modules() if isinstance(m, (ClusterMixer, ClusterPool)) for f in m.folds
+        ))
         self._out_features = sorted(out_features, key=STAGE_NAMES.index)
         self._indices = [STAGE_NAMES.index(f) for f in self._out_features]
         self.body.prune_intermediate_layers(self._indices, prune_norm=True, prune_head=True)
         info = self.body.feature_info
         self._out_feature_channels = {f: info[i]["num_chs"] for f, i in zip(self._out_features, self._indices)}
         self._out_feature_strides = {f: info[i]["reduction"] for f, i in zip(self._out_features, self._indices)}
-        per_side = [tuple(f) if isinstance(f, (list, tuple)) else (f, f) for f in folds]
-        self._size_divisibility = math.lcm(self.body.reduction, *(4 * 2**i * f for i, fs in enumerate(per_side) for f in fs))
         self.out_norms = nn.ModuleDict(
             {f: GroupNorm1(c) if norm_outputs else nn.Identity() for f, c in self._out_feature_channels.items()}
         )
@@ -127,7 +132,7 @@ class FECBackbone(Backbone):
 
     @property
     def padding_constraints(self) -> Dict[str, int]:
-        """Padding for Detectron2 versions that read it (``main``; v0.6 reads ``size_divisibility``)."""
+        """What Detectron2 pads each batch to (``ImageList.from_tensors``): :attr:`size_divisibility`."""
         return {"size_divisibility": self.size_divisibility}
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -142,24 +147,19 @@ class FECBackbone(Backbone):
         }
 
 
-def load_imagenet_weights(model: fec_backbone.FEC, path: str) -> None:
-    """Load an FEC ImageNet checkpoint (any shape :func:`fec_backbone.read_fec_weights` takes: official or
-    ours, EMA weights first) into ``model``, every backbone tensor required; raises
-    :class:`~fec_backbone.CheckpointError` naming the file and the problem."""
-    fec_backbone.load_fec_weights(model, path)
-
-
 def _fec_from_cfg(cfg: CfgNode, input_shape: ShapeSpec) -> FECBackbone:
     c = cfg.MODEL.FEC
+    if "WEIGHTS" in c:  # set in Python: merging it from a file or the command line already fails
+        raise ValueError(WEIGHTS_REMOVED)
     return FECBackbone(
         name=c.NAME,
         out_features=c.OUT_FEATURES,
-        proposals=c.PROPOSALS,
-        folds=c.FOLDS,
+        preset=c.PRESET,
+        proposals=list(c.PROPOSALS) or None,  # empty: the preset's
+        folds=list(c.FOLDS) or None,
         drop_path_rate=c.DROP_PATH_RATE,
         freeze_at=c.FREEZE_AT,
         in_chans=input_shape.channels,
-        weights=c.WEIGHTS,
         grad_checkpointing=c.GRAD_CHECKPOINT,
     )
 

@@ -3,31 +3,40 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_fec_config"]
+__all__ = ["WEIGHTS_REMOVED", "add_fec_config"]
+
+WEIGHTS_REMOVED = (
+    "MODEL.FEC.WEIGHTS is gone: set MODEL.WEIGHTS /path/to/fec_small.pth instead. FEC ImageNet checkpoints "
+    "(official or ours) load through MODEL.WEIGHTS into the backbone (d2_plugin.FECCheckpointer)"
+)
 
 
 def add_fec_config(cfg: CN) -> None:
     """Add the FEC backbone options to ``cfg`` (in place), with the reference detection defaults.
+    ImageNet initialisation is ``MODEL.WEIGHTS`` (an FEC ImageNet checkpoint; see :mod:`d2_plugin.checkpoint`).
 
     ``MODEL.FEC``:
 
     * ``NAME``: timm model name (``fec_small``, ``fec_base``, ``fec_large``).
-    * ``PROPOSALS``: cluster centres per side, per stage (detection preset: 7, 7, 7, 7).
-    * ``FOLDS``: clustering regions per side, per stage (detection preset: 2, 2, 1, 1).
+    * ``PRESET``: the clustering layout, a name in :data:`fec_backbone.PRESETS` (``detection``, the
+      reference detection models' layout, is the only place its numbers are written).
+    * ``PROPOSALS``: cluster centres per side, one per stage; empty (default): the preset's.
+    * ``FOLDS``: clustering regions per side, one per stage; empty (default): the preset's.
     * ``DROP_PATH_RATE``: stochastic depth of the deepest block.
     * ``OUT_FEATURES``: stage maps to return, among ``res2`` .. ``res5`` (strides 4 .. 32).
     * ``FREEZE_AT``: 0 trains everything; 1 freezes the stem; ``k`` >= 2 also freezes stages
       ``res2`` .. ``res<k>`` (as ``MODEL.BACKBONE.FREEZE_AT`` for ResNets, which FEC ignores).
-    * ``WEIGHTS``: an official FEC ImageNet checkpoint (or one of ours) loaded into the backbone
-      when the model is built; ``MODEL.WEIGHTS``, loaded afterwards, takes precedence.
     * ``GRAD_CHECKPOINT``: recompute the stages in the backward pass to save memory.
     """
     cfg.MODEL.FEC = CN()
     cfg.MODEL.FEC.NAME = "fec_small"
-    cfg.MODEL.FEC.PROPOSALS = [7, 7, 7, 7]
-    cfg.MODEL.FEC.FOLDS = [2, 2, 1, 1]
+    cfg.MODEL.FEC.PRESET = "detection"
+    cfg.MODEL.FEC.PROPOSALS = []
+    cfg.MODEL.FEC.FOLDS = []
     cfg.MODEL.FEC.DROP_PATH_RATE = 0.0
     cfg.MODEL.FEC.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.FEC.FREEZE_AT = 0
-    cfg.MODEL.FEC.WEIGHTS = ""
     cfg.MODEL.FEC.GRAD_CHECKPOINT = False
+    # ImageNet weights are MODEL.WEIGHTS now: the old key fails on merge (file or command line), saying so
+    if not cfg.key_is_renamed("MODEL.FEC.WEIGHTS"):
+        cfg.register_renamed_key("MODEL.FEC.WEIGHTS", "MODEL.WEIGHTS", WEIGHTS_REMOVED)

@@ -1,10 +1,9 @@
 """Exact resume for Detectron2 trainers: :class:`ResumableTrainerMixin`.
 
-A resumed run continues exactly as the interrupted one would have if the checkpoint holds, beyond the
-model, scheduler and iteration that ``DefaultTrainer`` saves:
+A resumed run continues exactly as the interrupted one would have if the checkpoint holds, beyond what
+``DefaultTrainer`` saves itself (the model, the iteration, the scheduler in its ``LRScheduler`` hook, and
+under ``_trainer`` the optimizer and, with AMP, the grad scaler):
 
-* the optimizer state: Detectron2 v0.6's ``DefaultTrainer`` leaves it out of its checkpoints (AdamW's
-  moments and the current learning rate are lost on resume; fixed on main), so the mixin saves it;
 * the random generators (Python, NumPy, torch CPU and CUDA, captured by the shared
   :func:`fec_backbone.training.capture_rng_state`) and the training sampler's seed (:class:`TrainingRNG`),
   restored after resuming;
@@ -17,9 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
-from detectron2.engine import DefaultTrainer, SimpleTrainer
 from detectron2.utils import comm
 
 import yaml
@@ -30,7 +28,7 @@ from .data import build_resumable_train_loader
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ConfigRecord", "ResumableTrainerMixin", "TrainingRNG", "preserve_rng", "replace_train_loader", "sampler_seed"]
+__all__ = ["ConfigRecord", "ResumableTrainerMixin", "TrainingRNG", "preserve_rng", "sampler_seed"]
 
 
 def sampler_seed(cfg) -> int:
@@ -96,19 +94,6 @@ class ConfigRecord:
             logger.info("resumed run: run-only setting changed, %s", change)
 
 
-def replace_train_loader(trainer: SimpleTrainer, build_loader: Callable[[], Iterable]) -> None:
-    """Make ``trainer`` (a ``SimpleTrainer``/``AMPTrainer``) draw from ``build_loader()`` from its next step on.
-
-    Detectron2 main has the public ``SimpleTrainer.reset_data_loader`` for this (its iterator is then made
-    lazily, at the next step); v0.6 has no such method and makes the iterator here, as its ``__init__`` does.
-    """
-    if hasattr(trainer, "reset_data_loader"):
-        trainer.reset_data_loader(build_loader)
-    else:
-        trainer.data_loader = build_loader()
-        trainer._data_loader_iter = iter(trainer.data_loader)
-
-
 class ResumableTrainerMixin:
     """Mix into a ``DefaultTrainer`` subclass (``class Trainer(ResumableTrainerMixin, DefaultTrainer)``)
     for an exact resume; see the module docstring. A subclass that builds its own training loader
@@ -123,7 +108,8 @@ class ResumableTrainerMixin:
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0, seed: Optional[int] = None):
-        """The config's training loader, ``start_iter`` batches into its sample stream."""
+        """The config's training loader over its checked dataset dicts (:mod:`d2_plugin.data`),
+        ``start_iter`` batches into its sample stream."""
         seed = sampler_seed(cfg) if seed is None else seed
         loader = build_resumable_train_loader(cfg, seed=seed, start_iter=start_iter)
         loader.fec_sampler_seed = seed
@@ -136,16 +122,6 @@ class ResumableTrainerMixin:
 
     def resume_or_load(self, resume: bool = True) -> None:
         super().resume_or_load(resume=resume)
-        if self.start_iter > 0:
-            replace_train_loader(self._trainer, lambda: self.build_train_loader(self.cfg, self.start_iter, self.rng.seed))
+        if self.start_iter > 0:  # the next step draws from a loader started where the checkpoint stopped
+            self._trainer.reset_data_loader(lambda: self.build_train_loader(self.cfg, self.start_iter, self.rng.seed))
         self.rng.restore()
-
-    def state_dict(self) -> Dict[str, Any]:
-        ret = super().state_dict()
-        ret["_trainer"] = self._trainer.state_dict()  # the optimizer (and AMP grad scaler)
-        return ret
-
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        if "_trainer" in state_dict and "load_state_dict" not in vars(DefaultTrainer):  # main loads it itself
-            self._trainer.load_state_dict(state_dict["_trainer"])

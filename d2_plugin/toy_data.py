@@ -1,30 +1,35 @@
 """A small, deterministic COCO-format instance dataset generated on the spot: coloured shapes whose class
 is their kind (circle, square, triangle) on a noisy background, with boxes and polygon masks.
 
+    python -m d2_plugin.toy_data [--out ROOT] [--variant fec_toy|fec_toy_mini]
+
+writes the named variants (:data:`d2_plugin.datasets.TOY_VARIANTS`: ``fec_toy``, 240 / 48 images, and
+``fec_toy_mini``, 16 / 8, for tests) under ``ROOT/<variant>`` (default ``$DETECTRON2_DATASETS``, else
+``datasets``), where the registered names ``fec_toy_{train,val}`` / ``fec_toy_mini_{train,val}`` read them
+(:mod:`d2_plugin.datasets`). In Python::
+
     make_toy_coco("datasets/fec_toy", num_train=240, num_val=48, seed=0)
     register_toy_dataset("datasets/fec_toy")   # "fec_toy_train", "fec_toy_val"
-
-Named variants (:data:`TOY_VARIANTS`) are generated under ``$DETECTRON2_DATASETS/<variant>`` on first
-use by :func:`prepare_toy_datasets`, which ``train_net.py`` calls for configs naming them:
-``fec_toy_{train,val}`` (240 / 48 images) and ``fec_toy_mini_{train,val}`` (16 / 8, for tests).
 
 Images have odd sizes (the first is 250x190), so Detectron2's padding to the backbone's size
 divisibility is exercised. The same arguments always give byte-identical files.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
 import os
+import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fec_backbone.training import ensure_generated
+from fec_backbone.training import GeneratedDataError, ensure_generated
 
-from .data import validate_coco_instances
+from .datasets import TOY_SPLITS, TOY_VARIANTS, annotation_file, datasets_root, register_toy_dataset
 
 __all__ = [
     "TOY_CLASSES",
@@ -32,6 +37,7 @@ __all__ = [
     "TOY_VARIANTS",
     "datasets_root",
     "ensure_toy_coco",
+    "main",
     "make_toy_coco",
     "prepare_toy_datasets",
     "register_toy_dataset",
@@ -40,19 +46,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TOY_CLASSES = ("circle", "square", "triangle")
-TOY_SPLITS = ("train", "val")
 GENERATOR_VERSION = 1
 FIRST_SIZE = (250, 190)  # width, height of image 0 of every split
-#: Generated datasets by name prefix: images per split.
-TOY_VARIANTS: Dict[str, Dict[str, int]] = {
-    "fec_toy": {"num_train": 240, "num_val": 48},
-    "fec_toy_mini": {"num_train": 16, "num_val": 8},
-}
-
-
-def datasets_root() -> str:
-    """``$DETECTRON2_DATASETS`` (default ``datasets``), where Detectron2 looks for its builtin datasets."""
-    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
 def _shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> List[Tuple[float, float]]:
@@ -137,10 +132,6 @@ def _make_split(root: str, split: str, num_images: int, seed: int, max_objects: 
     }
 
 
-def annotation_file(root: str, split: str) -> str:
-    return os.path.join(root, "annotations", f"instances_{split}.json")
-
-
 def make_toy_coco(root: str, num_train: int = 240, num_val: int = 48, seed: int = 0, max_objects: int = 3) -> Dict[str, str]:
     """Write ``root/{train,val}/*.png`` and ``root/annotations/instances_{train,val}.json``; returns the json
     path per split. Deterministic: the same arguments give identical files."""
@@ -168,28 +159,10 @@ def ensure_toy_coco(root: str, num_train: int = 240, num_val: int = 48, seed: in
     return {s: annotation_file(root, s) for s in TOY_SPLITS}
 
 
-def register_toy_dataset(root: str, prefix: str = "fec_toy") -> List[str]:
-    """Validate the toy data under ``root`` and register ``<prefix>_train`` / ``<prefix>_val`` with
-    ``register_coco_instances`` (replacing earlier registrations of these names)."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data.datasets import register_coco_instances
-
-    names = []
-    for split in TOY_SPLITS:
-        name, json_file, image_root = f"{prefix}_{split}", annotation_file(root, split), os.path.join(root, split)
-        validate_coco_instances(json_file, image_root)
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-        register_coco_instances(name, {}, json_file, image_root)
-        names.append(name)
-    return names
-
-
 def prepare_toy_datasets(names: Sequence[str], root: Optional[str] = None) -> List[str]:
-    """Generate (if needed) and register every toy variant that ``names`` refer to, under
-    ``root/<variant>`` (default :func:`datasets_root`); returns the registered names. Call it in every
-    process: the main one generates while the others wait."""
+    """Generate (if needed, :func:`ensure_toy_coco`) and register every toy variant that ``names`` refer
+    to, under ``root/<variant>`` (default :func:`~d2_plugin.datasets.datasets_root`); returns the registered
+    names. Call it in every process: the main one generates while the others wait."""
     from detectron2.utils import comm
 
     root = datasets_root() if root is None else root
@@ -201,3 +174,41 @@ def prepare_toy_datasets(names: Sequence[str], root: Optional[str] = None) -> Li
         comm.synchronize()
         registered += register_toy_dataset(os.path.join(root, variant), prefix=variant)
     return registered
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m d2_plugin.toy_data``: generate the toy variants (kept when already generated)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m d2_plugin.toy_data",
+        description="Generate the FEC toy COCO datasets (coloured circles, squares and triangles with boxes and "
+                    "polygon masks, odd image sizes) that the registered names fec_toy_{train,val} and "
+                    "fec_toy_mini_{train,val} read from $DETECTRON2_DATASETS/<variant>. Deterministic; a variant "
+                    "already generated with the same settings is kept.",
+        epilog="Example: python -m d2_plugin.toy_data --out datasets --variant fec_toy_mini, then "
+               "DETECTRON2_DATASETS=datasets python d2_plugin/train_net.py --config-file "
+               "configs/detectron2/toy_mask_rcnn_fec_s.yaml DATASETS.TRAIN \"('fec_toy_mini_train',)\" ...",
+    )
+    parser.add_argument("--out", metavar="ROOT", default=None,
+                        help="datasets root; each variant goes to ROOT/<variant> (default: $DETECTRON2_DATASETS, "
+                             f"else ./datasets; now {datasets_root()!r})")
+    parser.add_argument("--variant", action="append", choices=sorted(TOY_VARIANTS),
+                        help="variant to generate, repeatable (default: all: " + ", ".join(
+                            f"{v} {c['num_train']}/{c['num_val']} train/val images" for v, c in TOY_VARIANTS.items())
+                        + ")")
+    args = parser.parse_args(argv)
+    root = datasets_root() if args.out is None else args.out
+    for variant in args.variant or list(TOY_VARIANTS):
+        folder = os.path.join(root, variant)
+        try:
+            files = ensure_toy_coco(folder, **TOY_VARIANTS[variant])
+        except GeneratedDataError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(f"{variant}: {', '.join(files[s] for s in TOY_SPLITS)} (datasets {variant}_train, {variant}_val)")
+    if os.path.abspath(root) != os.path.abspath(datasets_root()):
+        print(f"The registered names read $DETECTRON2_DATASETS/<variant>: set DETECTRON2_DATASETS={root} where you use them.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

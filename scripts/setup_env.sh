@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create or update the project environment: .venv at the repository root with torch 2.14.1,
 # the package in editable mode with all extras, torch-scatter and Detectron2 main (official git
-# route, else the vendored snapshot in ../shared/vendor built once and cached, else the v0.6 fallback).
+# route, else the vendored snapshot in ../shared/vendor built once and cached as a wheel).
 # Re-running is cheap: pip reuses its cache (torch-scatter's 5-minute build included) and the
 # Detectron2 installer keeps a working install.
 set -euo pipefail
@@ -18,7 +18,7 @@ PY=.venv/bin/python
 PIP="$PY -m pip install -q"
 
 log "build tools and torch 2.14.1 / torchvision 0.29.1"
-$PIP --upgrade pip "setuptools<81" wheel   # setuptools<81 keeps pkg_resources (Detectron2 v0.6 needs it)
+$PIP --upgrade pip "setuptools<81" wheel   # setuptools<81 keeps pkg_resources (detectron2.model_zoo imports it)
 $PIP torch==2.14.1 torchvision==0.29.1
 
 log "fec-backbone (editable) with extras d2, seg, dev"

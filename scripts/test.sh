@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Set up the environment, then run the whole test suite: ours (the Detectron2 tests once per supported
-# Detectron2 version), timm's own model tests on fec_* and smp's own encoder/model tests on fec_s.
+# Set up the environment, then run the whole test suite: ours (the Detectron2 tests on Detectron2 main,
+# by scripts/d2_suite.sh), timm's own model tests on fec_* and smp's own encoder/model tests on fec_s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 # Every optional part that the set-up installs must be tested, never skipped.
 export FEC_REQUIRE_TORCH_SCATTER=1 FEC_REQUIRE_TRITON=1 FEC_REQUIRE_ONNXRUNTIME=1 FEC_REQUIRE_DETECTRON2=1
 start=$SECONDS
-printf '\n==> project tests (Detectron2 tests follow, per Detectron2 version)\n'
+printf '\n==> project tests (the Detectron2 tests follow)\n'
 .venv/bin/python -m pytest tests -p no:cacheprovider -q --durations=10 --ignore=tests/timm_suite \
     --ignore=tests/smp_suite --ignore-glob='tests/test_d2_*.py'
 printf '==> project tests: %d s\n' $((SECONDS - start))

@@ -1,8 +1,10 @@
-"""Detectron2 plugin: registered backbones, output shapes and norms, FPN variants, freezing, the
-optimizer's parameter groups, configs, ImageNet initialisation and odd image sizes."""
+"""Detectron2 plugin: registered backbones, output shapes and norms, FPN variants, the clustering layout
+preset, freezing, the optimizer's parameter groups, configs, ImageNet initialisation through MODEL.WEIGHTS
+(FECCheckpointer) and odd image sizes."""
 from __future__ import annotations
 
 import glob
+import logging
 import os
 
 import pytest
@@ -12,10 +14,9 @@ import torch.nn.functional as F
 if os.environ.get("FEC_REQUIRE_DETECTRON2") != "1":  # CI requires it: a missing Detectron2 fails
     pytest.importorskip("detectron2")
 import d2_plugin  # noqa: E402
-from d2_plugin.convert_imagenet import convert  # noqa: E402
+from d2_plugin.checkpoint import FECCheckpointer, fec_imagenet_weights  # noqa: E402
 from d2_plugin.solver import build_fec_optimizer  # noqa: E402
 
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model  # noqa: E402
 
@@ -38,6 +39,23 @@ def make_cfg(config: str = "toy_mask_rcnn_fec_s.yaml", *opts):
     return cfg
 
 
+def _layout(body):
+    """(proposals, folds) per stage, read from the clustering blocks and pools of an FEC model."""
+    stages = []
+    for stage in body.stages:
+        mixers = [m for m in stage.modules() if isinstance(m, fec_backbone.fec.ClusterMixer)]
+        pools = [m for m in stage.modules() if isinstance(m, fec_backbone.fec.ClusterPool)]
+        assert len({m.proposals for m in mixers}) == 1 and len({m.folds for m in mixers + pools}) == 1
+        stages.append((mixers[0].proposals, mixers[0].folds))
+    return stages
+
+
+def _preset_layout(preset):
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    p = fec_backbone.PRESETS[preset]
+    return [(pair(a), pair(b)) for a, b in zip(p["proposals"], p["folds"])]
+
+
 def test_builders_registered():
     for name in ("build_fec_backbone", "build_fec_fpn_backbone", "build_retinanet_fec_fpn_backbone"):
         assert BACKBONE_REGISTRY.get(name) is not None
@@ -54,8 +72,7 @@ def test_fec_backbone_outputs(name):
     assert [s.stride for s in shapes.values()] == [4, 8, 16, 32]
     assert backbone.size_divisibility == 32
     assert backbone.padding_constraints == {"size_divisibility": 32}
-    mixers = [m for m in backbone.modules() if isinstance(m, fec_backbone.fec.ClusterMixer)]
-    assert [m.proposals for m in mixers[:1]] == [(7, 7)] and mixers[0].folds == (2, 2) and mixers[-1].folds == (1, 1)
+    assert _layout(backbone.body) == _preset_layout("detection")  # the reference detection layout
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         out = backbone(x)
@@ -154,7 +171,8 @@ def test_configs():
         cfg = make_cfg(file)
         assert (cfg.MODEL.FEC.NAME, cfg.MODEL.META_ARCHITECTURE, cfg.SOLVER.BASE_LR) == (name, arch, lr), file
         assert cfg.MODEL.MASK_ON == (arch == "GeneralizedRCNN")
-        assert list(cfg.MODEL.FEC.PROPOSALS) == [7, 7, 7, 7] and list(cfg.MODEL.FEC.FOLDS) == [2, 2, 1, 1]
+        # the layout is fec_backbone.PRESETS["detection"], written nowhere else
+        assert (cfg.MODEL.FEC.PRESET, list(cfg.MODEL.FEC.PROPOSALS), list(cfg.MODEL.FEC.FOLDS)) == ("detection", [], [])
         s = cfg.SOLVER
         epoch = 7330
         assert (s.IMS_PER_BATCH, s.WEIGHT_DECAY, s.WARMUP_ITERS, s.MAX_ITER) == (16, 1e-4, 500, 12 * epoch)
@@ -181,35 +199,61 @@ def _assert_backbone_equals(body_state, official):
         assert torch.equal(value, mapped[key]), key
 
 
-def test_imagenet_init_from_fec_weights(official_checkpoint):
+@pytest.mark.parametrize("config, opts, body, fresh", [
+    ("mask_rcnn_fec_s_fpn_1x_coco.yaml", (), "backbone.bottom_up.body",
+     "FPN, output norms and heads (proposal_generator, roi_heads) start fresh"),
+    ("retinanet_fec_s_fpn_1x_coco.yaml", (), "backbone.bottom_up.body", "FPN, output norms and heads (head) start fresh"),
+    ("mask_rcnn_fec_s_fpn_1x_coco.yaml", ("MODEL.BACKBONE.NAME", "build_fec_backbone", "MODEL.RPN.IN_FEATURES", ["res4"],
+                                          "MODEL.ROI_HEADS.IN_FEATURES", ["res4"], "MODEL.ANCHOR_GENERATOR.SIZES", [[32, 64]]),
+     "backbone.body", "output norms and heads (proposal_generator, roi_heads) start fresh"),
+])
+def test_imagenet_weights_through_model_weights(official_checkpoint, caplog, config, opts, body, fresh):
+    """``MODEL.WEIGHTS`` route: FECCheckpointer recognises the ImageNet file, puts every backbone tensor in
+    place under the backbone's prefix of each builder, and says so; the rest starts fresh."""
     path, state = official_checkpoint
-    model = build_model(make_cfg("mask_rcnn_fec_s_fpn_1x_coco.yaml", "MODEL.FEC.WEIGHTS", str(path)))
-    body = model.backbone.bottom_up.body
-    _assert_backbone_equals(body.state_dict(), state)
-    assert len(body.state_dict()) == len([k for k in state if not k.startswith(("head.", "norm."))])
+    model = build_model(make_cfg(config, *opts))
+    before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(body + ".")}
+    with caplog.at_level(logging.INFO, logger="fvcore"):
+        FECCheckpointer(model).load(str(path))
+    fec = model.get_submodule(body)
+    _assert_backbone_equals(fec.state_dict(), state)
+    assert len(fec.state_dict()) == len([k for k in state if not k.startswith(("head.", "norm."))])
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # nothing else touched
+    line = f"FEC ImageNet weights from {path} ('model', official key layout): {len(fec.state_dict())} backbone " \
+           f"tensors loaded into {body}; {fresh}"
+    assert line in caplog.text, caplog.text[-2000:]
 
 
-def test_imagenet_init_from_converted_model_weights(official_checkpoint, tmp_path):
-    """A converted file names every backbone tensor of the Detectron2 model and nothing else, and the
-    ordinary ``MODEL.WEIGHTS`` path (``DetectionCheckpointer.load``) puts the ImageNet values in place."""
-    path, state = official_checkpoint
-    converted = tmp_path / "fec_small_d2.pth"
-    torch.save(convert(str(path), "fec_small"), converted)
-    model = build_model(make_cfg("mask_rcnn_fec_s_fpn_1x_coco.yaml"))
-    keys = set(torch.load(converted, weights_only=True)["model"])
-    prefix = "backbone.bottom_up.body."
-    assert keys == {k for k in model.state_dict() if k.startswith(prefix)}
-    DetectionCheckpointer(model).load(str(converted))
-    _assert_backbone_equals(model.backbone.bottom_up.body.state_dict(), state)
+def test_other_checkpoints_take_detectron2s_path():
+    """A Detectron2 checkpoint of ours (FEC under backbone.bottom_up.body.) is no ImageNet file: the
+    recogniser leaves it to Detectron2's ordinary loading, as it does a file without FEC weights."""
+    model = build_model(make_cfg())
+    assert fec_imagenet_weights({"model": model.state_dict(), "iteration": 3}, model, "model_final.pth") is None
+    assert fec_imagenet_weights({"model": {"conv1.weight": torch.zeros(1)}}, model, "r50.pth") is None
 
 
-def test_imagenet_init_wrong_checkpoint(tmp_path):
+def test_imagenet_weights_of_another_variant(tmp_path):
     wrong = tmp_path / "fec_base.pth"
     torch.save(reference_model("fec_base").state_dict(), wrong)
-    with pytest.raises(CheckpointError, match="shape"):
-        build_model(make_cfg("mask_rcnn_fec_s_fpn_1x_coco.yaml", "MODEL.FEC.WEIGHTS", str(wrong)))
-    with pytest.raises(CheckpointError, match="not found"):
-        build_model(make_cfg("mask_rcnn_fec_s_fpn_1x_coco.yaml", "MODEL.FEC.WEIGHTS", str(tmp_path / "none.pth")))
+    model = build_model(make_cfg("mask_rcnn_fec_s_fpn_1x_coco.yaml"))
+    with pytest.raises(CheckpointError, match=r"fec_base\.pth.*\n(.*\n)*.*is an fec_base checkpoint; create the model as fec_base"):
+        FECCheckpointer(model).load(str(wrong))
+
+
+def test_model_fec_weights_is_gone(tmp_path):
+    """The removed MODEL.FEC.WEIGHTS fails clearly wherever it is set, pointing to MODEL.WEIGHTS."""
+    with pytest.raises(KeyError, match="MODEL.FEC.WEIGHTS.*set MODEL.WEIGHTS"):
+        make_cfg("mask_rcnn_fec_s_fpn_1x_coco.yaml", "MODEL.FEC.WEIGHTS", "fec_small.pth")
+    old = tmp_path / "old.yaml"
+    old.write_text(f'_BASE_: "{os.path.join(CONFIGS, "mask_rcnn_fec_s_fpn_1x_coco.yaml")}"\n'
+                   'MODEL:\n  FEC:\n    WEIGHTS: "fec_small.pth"\n')
+    with pytest.raises(KeyError, match="MODEL.FEC.WEIGHTS.*set MODEL.WEIGHTS"):
+        make_cfg(str(old))
+    cfg = make_cfg()
+    cfg.MODEL.FEC.WEIGHTS = "fec_small.pth"  # in Python, where yacs lets new keys in
+    with pytest.raises(ValueError, match="set MODEL.WEIGHTS"):
+        build_backbone(cfg)
 
 
 @pytest.mark.parametrize("sizes", [[(190, 250)], [(97, 131), (160, 203)]])
@@ -225,6 +269,17 @@ def test_odd_image_sizes(sizes):
     for out, (h, w) in zip(outputs, sizes):
         assert out["instances"].image_size == (h, w)
         assert out["instances"].pred_masks.shape[-2:] == (h, w)
+
+
+def test_layout_preset_and_overrides():
+    """MODEL.FEC.PRESET picks a layout of fec_backbone.PRESETS; PROPOSALS / FOLDS override it per stage."""
+    plain = "MODEL.BACKBONE.NAME", "build_fec_backbone"
+    body = build_backbone(make_cfg("toy_mask_rcnn_fec_s.yaml", *plain, "MODEL.FEC.PRESET", "segmentation")).body
+    assert _layout(body) == _preset_layout("segmentation")
+    body = build_backbone(make_cfg("toy_mask_rcnn_fec_s.yaml", *plain, "MODEL.FEC.PROPOSALS", [5, 5, 3, 3])).body
+    assert _layout(body) == [((p, p), f) for p, (_, f) in zip([5, 5, 3, 3], _preset_layout("detection"))]
+    with pytest.raises(ValueError, match="preset"):
+        build_backbone(make_cfg("toy_mask_rcnn_fec_s.yaml", *plain, "MODEL.FEC.PRESET", "detector"))
 
 
 def test_size_divisibility_follows_folds():

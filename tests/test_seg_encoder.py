@@ -347,57 +347,16 @@ def test_timm_universal_route_dilated_equals_the_registry_encoder(output_stride)
         get_encoder("tu-fec_small", weights=None, output_stride=4)
 
 
-def seg_plugin_imports():
-    """``{module: [(imported seg_plugin module, at module level?)]}`` for every module of seg_plugin."""
-    import ast
-    from pathlib import Path
-
-    root = Path(seg_plugin.__file__).parent
-    graph = {}
-    for path in sorted(root.glob("*.py")):
-        name = path.stem
-        found = []
-        tree = ast.parse(path.read_text())
-        top = {id(node) for node in tree.body}
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom):
-                if node.level == 1:  # from .x import ... / from . import x
-                    targets = [node.module] if node.module else [a.name for a in node.names]
-                elif (node.module or "").startswith("seg_plugin"):
-                    rest = node.module.split(".", 1)
-                    targets = [rest[1]] if len(rest) > 1 else [a.name for a in node.names]
-                else:
-                    continue
-            elif isinstance(node, ast.Import):
-                targets = [a.name.split(".", 1)[1] for a in node.names if a.name.startswith("seg_plugin.")]
-            else:
-                continue
-            found += [(t.split(".")[0], id(node) in top) for t in targets]
-        graph[name] = found
-    return graph
-
-
 def test_seg_plugin_imports_run_one_way():
-    """No import cycle inside seg_plugin, and no function-level import of a seg_plugin module (such an
-    import exists only to dodge a cycle); the weights converter needs only the core package."""
-    graph = seg_plugin_imports()
-    assert not [(m, t) for m, imports in graph.items() for t, top in imports if not top]
-    assert graph["pretrained"] == []
-    assert ("pretrained", True) in graph["encoder"]
-    assert not [m for m, imports in graph.items() for t, _ in imports if t == "weights"]  # `python -m` runs it fresh
-    order, seen = [], set()
+    """Within the project-wide rule (tests/test_imports.py: no cycles, no function-level imports): the
+    weights converter needs only the core package, and nothing imports the installer's command line
+    (``python -m seg_plugin.weights`` runs it fresh)."""
+    from test_imports import import_graph
 
-    def visit(module, path=()):
-        assert module not in path, f"import cycle: {' -> '.join(path + (module,))}"
-        if module in seen:
-            return
-        for target, _ in graph.get(module, []):
-            visit(target, path + (module,))
-        seen.add(module)
-        order.append(module)
-
-    for module in graph:
-        visit(module)
+    graph, _ = import_graph()
+    assert not [t for t in graph["seg_plugin.pretrained"] if t.startswith("seg_plugin")]
+    assert "seg_plugin.pretrained" in graph["seg_plugin.encoder"]
+    assert not [m for m, targets in graph.items() if "seg_plugin.weights" in targets]
 
 
 def test_registry_entries_are_smp_style_data_beside_the_encoder():

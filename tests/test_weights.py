@@ -4,7 +4,7 @@ The central file is a real timm ``CheckpointSaver`` checkpoint, written as the o
 writes it: ``state_dict``, ``state_dict_ema`` (EMA weights that differ from the plain ones), optimizer,
 AMP scaler state, epoch, arch, metric and ``args`` as an ``argparse.Namespace``. Each route must load the
 EMA weights by default and the plain ones on request: timm's ``file=`` route (also with
-``features_only``), ``load_fec_weights``, Detectron2's ``MODEL.FEC.WEIGHTS`` and ``convert_imagenet``,
+``features_only``), ``load_fec_weights``, Detectron2's ``MODEL.WEIGHTS`` (its checkpointer),
 smp's weights installer, ``classification.validate`` and ``fec visualize``.
 """
 from __future__ import annotations
@@ -129,20 +129,18 @@ def test_detectron2_routes(saver_file, tmp_path):
     if os.environ.get("FEC_REQUIRE_DETECTRON2") != "1":
         pytest.importorskip("detectron2")
     import d2_plugin
-    from d2_plugin.convert_imagenet import FPN_PREFIX, convert
     from detectron2.config import get_cfg
-    from detectron2.modeling import build_backbone
+    from detectron2.modeling import build_model
+    from fec_backbone.model_zoo import get_config_file
 
     path, plain, averaged = saver_file
     cfg = get_cfg()
     d2_plugin.add_fec_config(cfg)
-    cfg.merge_from_list(["MODEL.BACKBONE.NAME", "build_fec_fpn_backbone", "MODEL.FEC.WEIGHTS", str(path),
-                         "MODEL.FPN.IN_FEATURES", ["res2", "res3", "res4", "res5"]])
-    backbone = build_backbone(cfg)
-    assert _equal_to(backbone.bottom_up.body.state_dict(), averaged)
-    converted = convert(str(path))["model"]
-    assert _equal_to(converted, averaged, prefix=FPN_PREFIX)
-    assert not any(k.startswith((FPN_PREFIX + "head.", FPN_PREFIX + "norm.")) for k in converted)
+    cfg.merge_from_file(get_config_file("detectron2/mask_rcnn_fec_s_fpn_1x_coco.yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu"])
+    model = build_model(cfg)
+    d2_plugin.FECCheckpointer(model).load(str(path))  # what MODEL.WEIGHTS does
+    assert _equal_to(model.backbone.bottom_up.body.state_dict(), averaged)
 
 
 def test_smp_installer_takes_the_ema_weights(saver_file, tmp_path, monkeypatch):

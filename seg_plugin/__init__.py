@@ -1,7 +1,8 @@
-"""FEC for segmentation-models-pytorch: encoders ``fec_s``/``fec_b``/``fec_l`` and ADE20K training.
+"""FEC for segmentation-models-pytorch: encoders ``fec_s``/``fec_b``/``fec_l``, the official Semantic FPN, and
+ADE20K training.
 
-``import seg_plugin`` registers the encoders in ``smp.encoders.encoders`` (and, through
-``fec_backbone``, the timm models behind smp's ``tu-fec_small`` route)::
+``import seg_plugin`` registers the encoders in ``smp.encoders.encoders`` (and, through ``fec_backbone``, the
+timm models behind smp's ``tu-fec_small`` route) and the architecture ``smp.SemanticFPN``::
 
     import segmentation_models_pytorch as smp
     import seg_plugin
@@ -20,12 +21,15 @@ import fec_backbone  # noqa: F401  (registers fec_small/base/large with timm for
 from .encoder import FecEncoder, encoder_params, fec_encoders, register_encoder, register_encoders
 from .pretrained import (ENCODER_VARIANTS, WeightsNotInstalledError, install, installed_path, load_encoder_weights,
                          load_imagenet_weights)
+from .semantic_fpn import SemanticFPN, register_architecture
 
 register_encoders()
+register_architecture()
 
 __all__ = [
     "ENCODER_VARIANTS",
     "FecEncoder",
+    "SemanticFPN",
     "WeightsNotInstalledError",
     "encoder_params",
     "fec_encoders",
@@ -33,6 +37,7 @@ __all__ = [
     "installed_path",
     "load_encoder_weights",
     "load_imagenet_weights",
+    "register_architecture",
     "register_encoder",
     "register_encoders",
 ]

@@ -20,7 +20,7 @@ import torch
 from fec_backbone import CheckpointError, detect_variant
 from fec_backbone.checkpoint import extract_fec_weights, read_checkpoint
 
-from .encoder import ENCODER_VARIANTS
+from .pretrained import ENCODER_VARIANTS
 from .semantic_fpn import SemanticFPN
 
 __all__ = ["ConversionSummary", "is_official_semantic_fpn", "load_official_semantic_fpn", "map_official_semantic_fpn"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any, List, Optional, Sequence
 
+import segmentation_models_pytorch as smp
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from segmentation_models_pytorch.base.hub_mixin import supports_config_loading
 from segmentation_models_pytorch.base.modules import Activation
 from segmentation_models_pytorch.encoders import get_encoder
 
-__all__ = ["SemanticFPN", "SemanticFPNDecoder"]
+__all__ = ["SemanticFPN", "SemanticFPNDecoder", "register_architecture"]
 
 #: Feature strides the neck and head take, finest first.
 STRIDES = (4, 8, 16, 32)
@@ -101,6 +102,7 @@ class SemanticFPN(SegmentationModel):
 
     Args:
         encoder_name: an smp encoder (``fec_s``, ``resnet50``, ``tu-...``); its stride 4-32 maps are used.
+        encoder_depth: 5 (the four levels the neck takes need the encoder's whole depth).
         encoder_weights: as for any smp model (``"imagenet"``, None; True/None for ``tu-`` encoders).
         decoder_pyramid_channels, decoder_segmentation_channels, decoder_dropout: the neck's and head's
             widths and the dropout before the classifier (official: 256, 128, 0.1).
@@ -116,6 +118,7 @@ class SemanticFPN(SegmentationModel):
     def __init__(
         self,
         encoder_name: str = "resnet50",
+        encoder_depth: int = 5,
         encoder_weights: Optional[str] = "imagenet",
         decoder_pyramid_channels: int = 256,
         decoder_segmentation_channels: int = 128,
@@ -127,6 +130,9 @@ class SemanticFPN(SegmentationModel):
         **kwargs: Any,
     ):
         super().__init__()
+        if encoder_depth != 5:
+            raise ValueError(f"Semantic FPN takes the encoder's maps at strides 4 to 32: encoder_depth must be 5, "
+                             f"got {encoder_depth}")
         self.encoder = get_encoder(encoder_name, in_channels=in_channels, depth=5, weights=encoder_weights, **kwargs)
         levels = list(self.encoder.out_channels[-len(STRIDES):])
         self.decoder = SemanticFPNDecoder(levels, decoder_pyramid_channels, decoder_segmentation_channels)
@@ -143,3 +149,10 @@ class SemanticFPN(SegmentationModel):
         if self.classification_head is not None:
             return masks, self.classification_head(features[-1])
         return masks
+
+
+def register_architecture() -> None:
+    """Make :class:`SemanticFPN` an smp architecture: ``smp.SemanticFPN`` (which ``smp.from_pretrained`` looks up
+    by a saved model's class name) and ``smp.create_model("semanticfpn", ...)`` (idempotent)."""
+    smp.SemanticFPN = SemanticFPN
+    smp.MODEL_ARCHITECTURES_MAPPING[SemanticFPN.__name__.lower()] = SemanticFPN

@@ -1,10 +1,12 @@
-"""Install FEC ImageNet weights for smp's ``encoder_weights="imagenet"`` (offline, into the Hugging Face cache).
+"""FEC weights for smp: install ImageNet weights for ``encoder_weights="imagenet"`` (offline, into the Hugging
+Face cache), or convert an official ADE20K checkpoint into a saved smp model.
 
     python -m seg_plugin.weights install --checkpoint fec_small.pth            # encoder detected
     python -m seg_plugin.weights install --checkpoint fec_small.pth --encoder fec_s --cache-dir DIR
     python -m seg_plugin.weights status
+    python -m seg_plugin.weights convert-official fpn_fec_small_ade20k.pth --out DIR   # then smp.from_pretrained(DIR)
 
-Afterwards ``smp.Unet("fec_s")`` loads them. The functions are those of :mod:`seg_plugin.pretrained`
+After ``install``, ``smp.Unet("fec_s")`` loads them. The functions are those of :mod:`seg_plugin.pretrained`
 (re-exported here); this module is only the command line, which the package does not import (so that
 ``python -m seg_plugin.weights`` runs it as a fresh module).
 """
@@ -17,6 +19,7 @@ from typing import Optional
 
 from fec_backbone import CheckpointError
 
+from .official import load_official_semantic_fpn
 from .pretrained import *  # noqa: F401,F403  (the functions, for `from seg_plugin import weights` users)
 from .pretrained import CONFIG_FILE, ENCODER_VARIANTS, install, installed_path
 from .pretrained import __all__ as _pretrained_all
@@ -35,6 +38,10 @@ def main(argv: Optional[list] = None) -> int:
                            help="official FEC ImageNet checkpoint (.pth/.pth.tar/.safetensors)")
     p_install.add_argument("--encoder", choices=sorted(ENCODER_VARIANTS), help="smp encoder name (default: detected)")
     p_status = sub.add_parser("status", help="show which FEC encoders have ImageNet weights installed")
+    p_official = sub.add_parser("convert-official", help="an official mmseg Semantic FPN ADE20K checkpoint as a saved "
+                                                         "smp model (smp.from_pretrained)")
+    p_official.add_argument("checkpoint", help="official checkpoint (fpn_fec_small_ade20k.pth, ...)")
+    p_official.add_argument("--out", required=True, help="folder for the smp model (config.json, model.safetensors)")
     for p in (p_install, p_status):
         p.add_argument("--cache-dir", help="Hugging Face hub cache (default: huggingface_hub's, HF_HUB_CACHE)")
     args = parser.parse_args(argv)
@@ -42,6 +49,16 @@ def main(argv: Optional[list] = None) -> int:
         for encoder, variant in ENCODER_VARIANTS.items():
             path = installed_path(encoder, args.cache_dir)
             print(f"{encoder} ({variant}): {path if path else 'not installed'}")
+        return 0
+    if args.command == "convert-official":
+        try:
+            model, summary = load_official_semantic_fpn(args.checkpoint)
+        except CheckpointError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        model.save_pretrained(args.out, dataset=f"ADE20K (official checkpoint {args.checkpoint})")
+        print(summary)
+        print(f"saved to {args.out}: import seg_plugin; smp.from_pretrained({args.out!r})")
         return 0
     try:
         path = install(args.checkpoint, args.encoder, args.cache_dir)

@@ -17,6 +17,7 @@ from reference_fec import reference_model
 from seg_plugin.official import load_official_semantic_fpn, map_official_semantic_fpn
 from seg_plugin.semantic_fpn import SemanticFPN
 
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 WIDTHS = {"fec_s": (32, 64, 196, 320), "fec_b": (64, 128, 320, 512), "fec_l": (64, 128, 320, 512)}
 VARIANT = {"fec_s": "fec_small", "fec_b": "fec_base", "fec_l": "fec_large"}
 
@@ -119,3 +120,43 @@ def test_any_smp_encoder_and_any_size():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5, 64, 64)
         fec = SemanticFPN("fec_s", encoder_weights=None, classes=4).eval()
         assert fec(torch.randn(1, 3, 67, 101)).shape == (1, 4, 67, 101)
+
+
+def test_official_checkpoint_converts_on_the_command_line_and_reloads_in_a_new_process(tmp_path):
+    """``python -m seg_plugin.weights convert-official FILE --out DIR``, then ``smp.from_pretrained(DIR)`` in a fresh
+    process gives the converted model's logits; ``smp.create_model("semanticfpn", ...)`` works too."""
+    import json
+    import subprocess
+    import sys
+
+    path, _, _ = _official_file(tmp_path)
+    out = tmp_path / "fpn_fec_small_ade20k"
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "seg_plugin.weights", "convert-official", str(path), "--out", str(out)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "official Semantic FPN fec_small, 150 classes" in proc.stdout and "backbone 286" in proc.stdout
+    assert json.loads((out / "config.json").read_text())["_model_class"] == "SemanticFPN"
+    x = torch.randn(1, 3, 64, 64)
+    model, _ = load_official_semantic_fpn(path)
+    with torch.no_grad():
+        expected = model(x)
+    torch.save(x, tmp_path / "x.pt")
+    code = ("import torch, seg_plugin, segmentation_models_pytorch as smp\n"
+            f"m = smp.from_pretrained({str(out)!r}).eval()\n"
+            f"torch.save(m(torch.load({str(tmp_path / 'x.pt')!r})), {str(tmp_path / 'y.pt')!r})\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert torch.equal(torch.load(tmp_path / "y.pt"), expected)
+    bad = subprocess.run([sys.executable, "-m", "seg_plugin.weights", "convert-official", str(tmp_path / "x.pt"),
+                          "--out", str(tmp_path / "no")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert bad.returncode == 2 and "error:" in bad.stderr
+
+
+def test_semantic_fpn_is_an_smp_architecture():
+    import segmentation_models_pytorch as smp
+
+    model = smp.create_model("semanticfpn", encoder_name="fec_s", encoder_weights=None, classes=2)
+    assert isinstance(model, SemanticFPN) and smp.SemanticFPN is SemanticFPN
+    with pytest.raises(ValueError, match="encoder_depth must be 5"):
+        SemanticFPN("fec_s", encoder_depth=4, encoder_weights=None)

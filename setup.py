@@ -29,7 +29,9 @@ setup(
     extras_require={
         # Detectron2 itself is not on PyPI: run `python scripts/install_detectron2.py` after this extra.
         "d2": ["pycocotools>=2.0.7", "opencv-python-headless"],
-        "seg": ["segmentation-models-pytorch>=0.5", "torchmetrics>=1.0", "tensorboard", "lightning>=2.5"],
+        # OpenCV: the ADE20K pipeline decodes, resizes and distorts images as mmcv does (cv2)
+        "seg": ["segmentation-models-pytorch>=0.5", "torchmetrics>=1.0", "tensorboard", "lightning>=2.5",
+                "opencv-python-headless"],
         # torch-scatter builds against the installed torch: pip install --no-build-isolation torch-scatter
         "scatter": ["torch-scatter>=2.1"],
         "dev": ["pytest>=7", "einops", "GitPython", "onnx", "onnxruntime", "onnxscript", "tensorboard", "matplotlib",

@@ -7,11 +7,14 @@ reference's ``reduce_zero_label``), 255 stays ignored. Problems with the data ra
 another size than its image, label values above the class count that are not the ignore value,
 unreadable files.
 
-Training samples follow the reference pipeline: random rescale of ``scale`` (long, short side) by a
+Training samples follow the official pipeline (mmseg 0.24 ``Resize``, ``RandomCrop``, ``RandomFlip``,
+``PhotoMetricDistortion``, ``Normalize``, ``Pad``): random rescale of ``scale`` (long, short side) by a
 ratio in ``ratio_range`` keeping the aspect ratio, random crop (at most ``cat_max_ratio`` of one class,
-10 tries), horizontal flip, photometric distortion, normalisation, padding to the crop (image 0, label
-255). Evaluation rescales to ``scale`` (short side 512 for ADE20K) and aligns to ``size_divisor``; the
-metric is taken at the annotation's original size.
+10 tries), horizontal flip, photometric distortion (:func:`photometric_distortion`, in OpenCV's HSV),
+normalisation, padding to the crop (image 0, label 255). Evaluation is the official ``AlignResize``:
+rescale to ``eval_scale`` keeping the ratio (short side 512 for ADE20K), then resize (not pad) to
+multiples of ``size_divisor``; the metric is taken at the annotation's original size. Images are decoded
+and resized with OpenCV, as mmcv does (bilinear without antialiasing; labels nearest).
 
 Augmentation randomness is a function of ``(seed, rank, position in the rank's sample stream)``, so
 any data-loader worker layout and a resumed run produce the same samples.
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,8 +34,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-__all__ = ["IGNORE_INDEX", "ADE20KDataset", "AugmentConfig", "SegDataError", "class_names", "read_pair", "rescale_size",
-           "scan_split"]
+__all__ = ["IGNORE_INDEX", "ADE20KDataset", "AugmentConfig", "Distortion", "SegDataError", "class_names",
+           "draw_distortion", "photometric_distortion", "read_pair", "rescale_size", "scan_split"]
 
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -96,12 +100,15 @@ def class_names(root: str | Path, num_classes: int) -> List[str]:
 
 
 def read_pair(image_path: Path, ann_path: Path, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Image ``[H, W, 3]`` uint8 and train-id labels ``[H, W]`` uint8 (255 ignored), validated."""
+    """Image ``[H, W, 3]`` uint8 RGB and train-id labels ``[H, W]`` uint8 (255 ignored), validated. As mmseg's
+    loaders: the image decoded by OpenCV (``cv2.imdecode``, colour), the annotation by Pillow."""
     try:
-        with Image.open(image_path) as img:
-            image = np.asarray(img.convert("RGB"))
-    except (OSError, ValueError) as err:
+        decoded = cv2.imdecode(np.fromfile(image_path, np.uint8), cv2.IMREAD_COLOR)
+    except (OSError, ValueError, cv2.error) as err:
         raise SegDataError(f"cannot read image {image_path}: {err}") from err
+    if decoded is None:
+        raise SegDataError(f"cannot read image {image_path}: OpenCV cannot decode it (not an image file?)")
+    image = np.ascontiguousarray(decoded[..., ::-1])  # BGR -> RGB
     try:
         with Image.open(ann_path) as ann:
             mode, raw = ann.mode, np.asarray(ann)
@@ -127,11 +134,12 @@ def read_pair(image_path: Path, ann_path: Path, num_classes: int) -> Tuple[np.nd
 
 
 def _resize(image: np.ndarray, labels: Optional[np.ndarray], size: Tuple[int, int]):
-    """Resize to ``size`` = (width, height): bilinear image, nearest labels."""
-    out = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    """Resize to ``size`` = (width, height) as mmcv's ``imresize`` (OpenCV): bilinear image (no antialiasing),
+    nearest labels; the same size returns the same pixels."""
+    out = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
     if labels is None:
         return out, None
-    return out, np.asarray(Image.fromarray(labels).resize(size, Image.NEAREST))
+    return out, cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
 
 
 def rescale_size(height: int, width: int, scale: Tuple[float, float]) -> Tuple[int, int]:
@@ -162,29 +170,65 @@ def _crop_box(
     return box
 
 
-def _photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """mmseg's PhotoMetricDistortion: brightness, contrast (before or after), saturation, hue."""
-    img = image.astype(np.float32)
-    if rng.integers(2):
-        img = np.clip(img + rng.uniform(-32, 32), 0, 255)
+#: mmseg 0.24 ``PhotoMetricDistortion``'s defaults (the official config uses them): brightness delta,
+#: contrast and saturation factor ranges, hue delta (OpenCV's uint8 hue: 0..179, two degrees a step).
+BRIGHTNESS_DELTA, CONTRAST_RANGE, SATURATION_RANGE, HUE_DELTA = 32, (0.5, 1.5), (0.5, 1.5), 18
+
+
+@dataclass(frozen=True)
+class Distortion:
+    """One draw of the photometric distortion: each step's parameter, None for a step not applied."""
+
+    brightness: Optional[float] = None  # added to every channel
+    contrast: Optional[float] = None  # multiplies every channel
+    contrast_first: bool = False  # contrast right after brightness (else after hue)
+    saturation: Optional[float] = None  # multiplies HSV saturation
+    hue: Optional[int] = None  # added to HSV hue, modulo 180
+
+
+def draw_distortion(rng: np.random.Generator) -> Distortion:
+    """mmseg's draws, in its order: each step applied with probability 0.5 (its parameter drawn only then);
+    brightness delta uniform in +-32, contrast and saturation factors uniform in [0.5, 1.5], the contrast
+    step first or last with probability 0.5, hue delta an integer in [-18, 18) (numpy's ``randint`` excludes
+    its upper end, so mmseg shifts hue by -18..17)."""
+    brightness = float(rng.uniform(-BRIGHTNESS_DELTA, BRIGHTNESS_DELTA)) if rng.integers(2) else None
     contrast_first = bool(rng.integers(2))
+    contrast = None
+    if contrast_first and rng.integers(2):
+        contrast = float(rng.uniform(*CONTRAST_RANGE))
+    saturation = float(rng.uniform(*SATURATION_RANGE)) if rng.integers(2) else None
+    hue = int(rng.integers(-HUE_DELTA, HUE_DELTA)) if rng.integers(2) else None
+    if not contrast_first and rng.integers(2):
+        contrast = float(rng.uniform(*CONTRAST_RANGE))
+    return Distortion(brightness, contrast, contrast_first, saturation, hue)
 
-    def contrast(x: np.ndarray) -> np.ndarray:
-        return np.clip(x * rng.uniform(0.5, 1.5), 0, 255) if rng.integers(2) else x
 
-    if contrast_first:
-        img = contrast(img)
-    do_saturation, saturation = bool(rng.integers(2)), float(rng.uniform(0.5, 1.5))
-    do_hue, hue = bool(rng.integers(2)), float(rng.integers(-18, 19)) / 180.0
-    if do_saturation or do_hue:
-        tensor = torch.from_numpy(np.ascontiguousarray(img.round().astype(np.uint8))).permute(2, 0, 1)
-        if do_saturation:
-            tensor = TF.adjust_saturation(tensor, saturation)
-        if do_hue:
-            tensor = TF.adjust_hue(tensor, hue)
-        img = tensor.permute(1, 2, 0).numpy().astype(np.float32)
-    if not contrast_first:
-        img = contrast(img)
+def _affine_uint8(x: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    """``x * alpha + beta`` in float32, clipped to 0..255 and truncated back to uint8 (mmseg's ``convert``)."""
+    return np.clip(x.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+
+def photometric_distortion(image: np.ndarray, d: Distortion) -> np.ndarray:
+    """mmseg 0.24's ``PhotoMetricDistortion`` with the parameters ``d`` on an RGB uint8 image ``[H, W, 3]``:
+    brightness, contrast (first or last), saturation and hue, each back to uint8 after its step. Saturation
+    and hue are changed in OpenCV's uint8 HSV (``cv2.cvtColor``: H 0..179, S and V 0..255), as mmcv's
+    ``bgr2hsv``/``hsv2bgr``; RGB in with ``COLOR_RGB2HSV`` gives the H, S, V that mmseg's BGR image gives
+    with ``COLOR_BGR2HSV``."""
+    img = np.ascontiguousarray(image, dtype=np.uint8)
+    if d.brightness is not None:
+        img = _affine_uint8(img, beta=d.brightness)
+    if d.contrast_first and d.contrast is not None:
+        img = _affine_uint8(img, alpha=d.contrast)
+    if d.saturation is not None:
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+        hsv[..., 1] = _affine_uint8(hsv[..., 1], alpha=d.saturation)
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if d.hue is not None:
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = (hsv[..., 0].astype(np.int64) + d.hue) % 180
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if not d.contrast_first and d.contrast is not None:
+        img = _affine_uint8(img, alpha=d.contrast)
     return img
 
 
@@ -214,22 +258,24 @@ class ADE20KDataset(Dataset):
         cfg = self.cfg
         if not self.train:
             image, labels = read_pair(*self.pairs[item], self.num_classes)
-            width, height = rescale_size(*labels.shape, cfg.eval_scale)
+            # the official AlignResize: keep-ratio rescale, then a second resize (not padding) to multiples of 32
+            image, _ = _resize(image, None, rescale_size(*labels.shape, cfg.eval_scale))
             div = cfg.size_divisor
+            height, width = image.shape[:2]
             image, _ = _resize(image, None, (math.ceil(width / div) * div, math.ceil(height / div) * div))
             return _normalize(image, cfg), torch.from_numpy(labels.astype(np.int64))
         index, position = item
         rng = np.random.default_rng([self.seed, self.rank, position])
         image, labels = read_pair(*self.pairs[index], self.num_classes)
-        ratio = rng.uniform(*cfg.ratio_range)
-        size = rescale_size(*labels.shape, (cfg.scale[0] * ratio, cfg.scale[1] * ratio))
+        ratio = rng.uniform(*cfg.ratio_range)  # mmseg's Resize truncates the scaled target to whole pixels
+        size = rescale_size(*labels.shape, (int(cfg.scale[0] * ratio), int(cfg.scale[1] * ratio)))
         image, labels = _resize(image, labels, size)
         top, bottom, left, right = _crop_box(labels, cfg.crop_size, rng, cfg.cat_max_ratio)
         image, labels = image[top:bottom, left:right], labels[top:bottom, left:right]
         if rng.random() < cfg.flip_prob:
             image, labels = image[:, ::-1], labels[:, ::-1]
         if cfg.photometric:
-            image = _photometric(image, rng)
+            image = photometric_distortion(image, draw_distortion(rng))
         # padded to the crop: image 0, labels ignored
         pad = (0, cfg.crop_size - labels.shape[1], 0, cfg.crop_size - labels.shape[0])
         target = torch.from_numpy(labels.astype(np.int64))

@@ -180,3 +180,22 @@ def test_config_errors_name_the_setting(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="train.batch_size must be a positive integer"):
         load_config(None, {"train.batch_size": 0})
+
+
+def test_eval_image_is_the_official_align_resize(tmp_path):
+    """mmseg's AlignResize as OpenCV (mmcv.imresize) does it: the keep-ratio rescale first (40x70 to 64x112
+    within (256, 64)), then a second bilinear resize, not padding, to multiples of 32 (64x128)."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images" / "validation").mkdir(parents=True)
+    (tmp_path / "annotations" / "validation").mkdir(parents=True)
+    pixels = rng.integers(0, 256, (40, 70, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "images" / "validation" / "a.png")
+    Image.fromarray(np.ones((40, 70), np.uint8)).save(tmp_path / "annotations" / "validation" / "a.png")
+    aug = AugmentConfig(eval_scale=(256, 64), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    image, labels = ADE20KDataset(tmp_path, "validation", 4, aug, train=False)[0]
+    rescaled = cv2.resize(pixels, (112, 64), interpolation=cv2.INTER_LINEAR)
+    aligned = cv2.resize(rescaled, (128, 64), interpolation=cv2.INTER_LINEAR)
+    assert image.shape == (3, 64, 128) and labels.shape == (40, 70)
+    assert torch.equal(image, torch.from_numpy(aligned.astype(np.float32)).permute(2, 0, 1))

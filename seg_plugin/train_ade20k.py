@@ -2,7 +2,8 @@
 
 The paper's schedule and data pipeline with ``smp.FPN`` as the decoder (smp's FPN, not the paper's exact
 Semantic FPN head): AdamW (lr 1e-4, weight decay 1e-4), poly schedule (power 0.9), 80k iterations at
-batch 16, 512x512 crops after random rescaling (0.5-2.0) and flipping, single-scale evaluation at short
+batch 16, 512x512 crops after random rescaling (0.5-2.0) and flipping, mmseg's cross-entropy (summed over
+the labelled pixels, divided by all pixels: ``loss.avg_non_ignore false``), single-scale evaluation at short
 side 512; mIoU, per-class IoU and pixel accuracy from torchmetrics. Settings are a yacs ``CfgNode`` (as in
 Detectron2): files may name a ``_BASE_`` file, unknown keys are errors, and ``KEY VALUE`` pairs after the
 options override any setting (``model.arch upernet``: architecture arguments are kept per architecture,
@@ -59,7 +60,7 @@ from .pretrained import (ENCODER_VARIANTS, WeightsNotInstalledError, encoder_bas
                          load_imagenet_weights)
 
 __all__ = ["ConfigError", "Interrupted", "ModelPlan", "SegmentationModule", "build_model", "get_cfg", "load_config",
-           "model_plan", "train", "main"]
+           "model_plan", "segmentation_loss", "train", "main"]
 
 CHECKPOINT = "last.ckpt"
 #: Settings a resumed run may change (they do not change the training trajectory); fnmatch patterns.
@@ -73,11 +74,15 @@ _C = CfgNode({
     "data": {"root": "data/ADEChallengeData2016", "train_split": "training", "val_split": "validation",
              "num_classes": 150, "workers": 4,  # and the augmentation's settings, from AugmentConfig:
              **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(AugmentConfig()).items()}},
+    "loss": {"avg_non_ignore": False},  # mmseg 0.24 CrossEntropyLoss: the mean over all pixels, ignored ones too
     "optim": {"lr": 1.0e-4, "weight_decay": 1.0e-4, "betas": [0.9, 0.999], "poly_power": 0.9},
     "train": {"iterations": 80000, "batch_size": 16, "grad_accum": 1, "amp": False, "seed": 0, "deterministic": False,
               "eval_interval": 8000, "eval_at_start": False, "checkpoint_interval": 8000, "log_interval": 50,
               "tensorboard": True, "progress": True, "device": "auto", "cpu_threads": None},
 })
+#: What the trainer did before a setting existed, for checkpoints written then (resuming compares settings):
+#: the loss was divided by the labelled pixels.
+LEGACY_DEFAULTS = {"loss": {"avg_non_ignore": True}}
 _C.model.encoder_params.set_new_allowed(True)  # FEC encoder settings (preset, drop_path_rate, ...)
 _C.model.arch_kwargs.set_new_allowed(True)  # smp architecture arguments, plain or under an architecture's name
 
@@ -278,6 +283,21 @@ def build_model(cfg: CfgNode) -> nn.Module:
     return model
 
 
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, avg_non_ignore: bool = False) -> torch.Tensor:
+    """mmseg 0.24's decode-head loss: the logits ``[B, C, h, w]`` resized bilinearly (``align_corners=False``) to
+    the labels' size ``[B, H, W]`` when they differ, per-pixel cross-entropy with the labels 255 ignored (a
+    loss of 0), then mmseg ``CrossEntropyLoss``'s reduction: with ``avg_non_ignore=False`` (its default, the
+    official configs') the mean over ALL pixels of the batch, ignored ones included, i.e. the sum over the
+    labelled pixels divided by ``B * H * W``; with ``avg_non_ignore=True`` divided by the labelled pixels
+    (at least 1)."""
+    if logits.shape[-2:] != labels.shape[-2:]:
+        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    if avg_non_ignore:
+        return total / (labels != IGNORE_INDEX).sum().clamp_min(1)
+    return total / labels.numel()
+
+
 def _unused_parameters(model: nn.Module, crop: int, device: torch.device) -> List[str]:
     """Parameters that receive no gradient in this architecture (e.g. encoder levels a decoder skips)."""
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -291,9 +311,10 @@ def _unused_parameters(model: nn.Module, crop: int, device: torch.device) -> Lis
 
 
 class SegmentationModule(L.LightningModule):
-    """The smp model with the recipe's loss, AdamW + poly schedule and torchmetrics evaluation. Training
-    batches: ``(images [B, 3, crop, crop], labels [B, crop, crop])``; evaluation: one image at the evaluation
-    scale with labels at the original size. Checkpoints also hold the settings and every rank's RNG state."""
+    """The smp model with the recipe's loss (:func:`segmentation_loss`), AdamW + poly schedule and torchmetrics
+    evaluation. Training batches: ``(images [B, 3, crop, crop], labels [B, crop, crop])``; evaluation: one
+    image at the evaluation scale with labels at the original size. Checkpoints also hold the settings and
+    every rank's RNG state."""
 
     def __init__(self, cfg: CfgNode, names: List[str]):
         super().__init__()
@@ -315,8 +336,7 @@ class SegmentationModule(L.LightningModule):
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        valid = (labels != IGNORE_INDEX).sum().clamp_min(1)
-        loss = F.cross_entropy(self.model(images).float(), labels, ignore_index=IGNORE_INDEX, reduction="sum") / valid
+        loss = segmentation_loss(self.model(images), labels, self.cfg.loss.avg_non_ignore)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at iteration {self.global_step + 1}")
         self.log("train/loss", loss, prog_bar=True)
@@ -433,6 +453,15 @@ class _StopOnSignal(Callback):
         self._previous = {}
 
 
+def _with_legacy_defaults(saved: Mapping[str, Any]) -> Dict[str, Any]:
+    """A checkpoint's settings with those it predates filled in as the trainer then behaved
+    (:data:`LEGACY_DEFAULTS`), so that resuming it under today's defaults names the difference."""
+    out = _plain(saved)
+    for section, values in LEGACY_DEFAULTS.items():
+        out[section] = {**values, **out.get(section, {})}
+    return out
+
+
 def _csv_rows_before(path: Path, step: int) -> List[Dict[str, str]]:
     """The rows of Lightning's CSV log written before iteration ``step`` (its ``step`` is iteration - 1)."""
     if not path.is_file():
@@ -472,7 +501,7 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike], callbac
         if not {"config", "rng", "global_step"} <= set(saved):
             raise CheckpointError(f"{resume} is not a checkpoint of this trainer (it lacks the settings, random "
                                   "states or iteration); start a new run")
-        check_resume_config(saved["config"], _plain(cfg), RUN_ONLY)
+        check_resume_config(_with_legacy_defaults(saved["config"]), _plain(cfg), RUN_ONLY)
         start = int(saved["global_step"])
         del saved
     device = "cuda" if t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available()) else "cpu"
@@ -509,6 +538,8 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike], callbac
               f"iterations {start}->{t.iterations}", flush=True)
         for note in model_plan(cfg).notes:
             print(f"  {note}", flush=True)
+        print(f"  loss: cross-entropy / {'labelled' if cfg.loss.avg_non_ignore else 'all'} pixels "
+              f"(loss.avg_non_ignore {str(cfg.loss.avg_non_ignore).lower()})", flush=True)
     strategy = DDPStrategy(find_unused_parameters=bool(unused)) if world > 1 else "auto"  # nccl on CUDA, else gloo
     callbacks += [_StopOnSignal(ckpt_path), LearningRateMonitor("step"),
                   ModelCheckpoint(out, every_n_train_steps=t.checkpoint_interval, save_top_k=0, save_last=True,

@@ -1,13 +1,25 @@
 """The ADE20K recipe's settings against mmseg 0.24, each checked against an independent restatement: the
-photometric distortion (``PhotoMetricDistortion``: uint8 steps, OpenCV's HSV)."""
+photometric distortion (``PhotoMetricDistortion``: uint8 steps, OpenCV's HSV), the loss (``CrossEntropyLoss``
+with ``avg_non_ignore=False``: labelled pixels summed, divided by all) and resuming checkpoints written
+before that setting."""
 from __future__ import annotations
+
+import math
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from fec_backbone.toy_scenes import odd_one_out
-from seg_plugin.data import Distortion, draw_distortion, photometric_distortion
+from fec_backbone.training import ResumeConfigError, check_resume_config
+from seg_plugin.data import IGNORE_INDEX, Distortion, draw_distortion, photometric_distortion
+from seg_plugin.train_ade20k import RUN_ONLY, _plain, _with_legacy_defaults, load_config, segmentation_loss
+
+REPO = Path(__file__).resolve().parent.parent
+FPN_S = REPO / "configs" / "segmentation" / "fpn_fec_s_ade20k_80k.yaml"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -204,3 +216,50 @@ def test_draws_follow_mmsegs_calls_and_ranges():
     assert all(0.5 <= d.contrast < 1.5 for d in draws if d.contrast is not None)
     assert all(0.5 <= d.saturation < 1.5 for d in draws if d.saturation is not None)
     assert {d.hue for d in draws if d.hue is not None} == set(range(-18, 18))  # numpy's randint(-18, 18)
+
+
+# --- loss --------------------------------------------------------------------------------------------------------
+
+def test_loss_is_mmsegs_cross_entropy_over_all_pixels():
+    """Two images of 1x2 pixels, three classes, one pixel ignored (255): mmseg's default divides the summed
+    cross-entropy of the 3 labelled pixels by all 4 pixels; avg_non_ignore divides by the 3."""
+    logits = torch.tensor([[[[2.0, 0.5]], [[0.0, 1.0]], [[-1.0, 3.0]]],
+                           [[[0.3, -0.2]], [[1.5, 0.1]], [[0.2, 0.4]]]])  # [B=2, C=3, H=1, W=2]
+    labels = torch.tensor([[[0, IGNORE_INDEX]], [[2, 1]]])
+
+    def ce(scores, label):
+        return math.log(sum(math.exp(s) for s in scores)) - scores[label]
+
+    summed = ce([2.0, 0.0, -1.0], 0) + ce([0.3, 1.5, 0.2], 2) + ce([-0.2, 0.1, 0.4], 1)
+    assert segmentation_loss(logits, labels).item() == pytest.approx(summed / 4, rel=1e-6)
+    assert segmentation_loss(logits, labels, avg_non_ignore=True).item() == pytest.approx(summed / 3, rel=1e-6)
+    assert segmentation_loss(logits, torch.full_like(labels, IGNORE_INDEX)).item() == 0.0
+
+
+def test_loss_resizes_the_logits_to_the_labels_as_mmseg():
+    """Logits at a quarter of the label size are resized bilinearly with align_corners=False first."""
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 5, 4, 6), torch.randint(0, 5, (2, 16, 24))
+    labels[0, :3] = IGNORE_INDEX
+    up = F.interpolate(logits, size=(16, 24), mode="bilinear", align_corners=False)
+    expected = F.cross_entropy(up, labels, ignore_index=IGNORE_INDEX, reduction="sum") / labels.numel()
+    assert torch.allclose(segmentation_loss(logits, labels), expected)
+    corners = F.interpolate(logits, size=(16, 24), mode="bilinear", align_corners=True)
+    assert not torch.allclose(segmentation_loss(logits, labels), segmentation_loss(corners, labels))
+
+
+def test_the_recipe_has_mmsegs_loss_default():
+    assert load_config(FPN_S).loss.avg_non_ignore is False and load_config(None).loss.avg_non_ignore is False
+
+
+def test_checkpoints_written_before_the_loss_setting_name_it_when_resumed():
+    """A checkpoint's settings from before loss.avg_non_ignore existed stand for what the trainer did then (the
+    labelled-pixel mean): resuming under today's default names the setting, setting it as it was resumes."""
+    old = _plain(load_config(FPN_S))
+    del old["loss"]
+    with pytest.raises(ResumeConfigError, match=r"\['loss.avg_non_ignore'\]"):
+        check_resume_config(_with_legacy_defaults(old), _plain(load_config(FPN_S)), RUN_ONLY)
+    as_before = load_config(FPN_S, {"loss.avg_non_ignore": True})
+    assert check_resume_config(_with_legacy_defaults(old), _plain(as_before), RUN_ONLY) == []
+    current = _plain(load_config(FPN_S))
+    assert _with_legacy_defaults(current) == current  # today's checkpoints are read as they are

@@ -3,8 +3,9 @@
 The paper's schedule and data pipeline with ``smp.FPN`` as the decoder (smp's FPN, not the paper's exact
 Semantic FPN head): AdamW (lr 1e-4, weight decay 1e-4), poly schedule (power 0.9), 80k iterations at
 batch 16, 512x512 crops after random rescaling (0.5-2.0) and flipping, mmseg's cross-entropy (summed over
-the labelled pixels, divided by all pixels: ``loss.avg_non_ignore false``), single-scale evaluation at short
-side 512; mIoU, per-class IoU and pixel accuracy from torchmetrics. Settings are a yacs ``CfgNode`` (as in
+the labelled pixels, divided by all pixels: ``loss.avg_non_ignore false``), SyncBatchNorm under DDP
+(``train.sync_batchnorm``), single-scale evaluation at short side 512; mIoU, per-class IoU and pixel
+accuracy from torchmetrics. Settings are a yacs ``CfgNode`` (as in
 Detectron2): files may name a ``_BASE_`` file, unknown keys are errors, and ``KEY VALUE`` pairs after the
 options override any setting (``model.arch upernet``: architecture arguments are kept per architecture,
 ``model.arch_kwargs.<arch>``, so switching the architecture leaves the other one's behind).
@@ -44,6 +45,7 @@ from fvcore.common.config import CfgNode
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
+from lightning.pytorch.plugins.layer_sync import TorchSyncBatchNorm
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, Subset
 
@@ -58,6 +60,7 @@ from .data import IGNORE_INDEX, ADE20KDataset, AugmentConfig, SegDataError, clas
 from .encoder import encoder_params
 from .pretrained import (ENCODER_VARIANTS, WeightsNotInstalledError, encoder_base, load_encoder_weights,
                          load_imagenet_weights)
+from .sync_batchnorm import convert_sync_batchnorm, revert_sync_batchnorm, sync_batchnorm_layers
 
 __all__ = ["ConfigError", "Interrupted", "ModelPlan", "SegmentationModule", "build_model", "get_cfg", "load_config",
            "model_plan", "segmentation_loss", "train", "main"]
@@ -76,13 +79,14 @@ _C = CfgNode({
              **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(AugmentConfig()).items()}},
     "loss": {"avg_non_ignore": False},  # mmseg 0.24 CrossEntropyLoss: the mean over all pixels, ignored ones too
     "optim": {"lr": 1.0e-4, "weight_decay": 1.0e-4, "betas": [0.9, 0.999], "poly_power": 0.9},
-    "train": {"iterations": 80000, "batch_size": 16, "grad_accum": 1, "amp": False, "seed": 0, "deterministic": False,
+    "train": {"iterations": 80000, "batch_size": 16, "grad_accum": 1, "amp": False, "sync_batchnorm": True,
+              "seed": 0, "deterministic": False,
               "eval_interval": 8000, "eval_at_start": False, "checkpoint_interval": 8000, "log_interval": 50,
               "tensorboard": True, "progress": True, "device": "auto", "cpu_threads": None},
 })
 #: What the trainer did before a setting existed, for checkpoints written then (resuming compares settings):
-#: the loss was divided by the labelled pixels.
-LEGACY_DEFAULTS = {"loss": {"avg_non_ignore": True}}
+#: the loss was divided by the labelled pixels, BatchNorm was not synchronised.
+LEGACY_DEFAULTS = {"loss": {"avg_non_ignore": True}, "train": {"sync_batchnorm": False}}
 _C.model.encoder_params.set_new_allowed(True)  # FEC encoder settings (preset, drop_path_rate, ...)
 _C.model.arch_kwargs.set_new_allowed(True)  # smp architecture arguments, plain or under an architecture's name
 
@@ -298,6 +302,21 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, avg_non_ignore
     return total / labels.numel()
 
 
+class _SyncBatchNorm(TorchSyncBatchNorm):
+    """Lightning's ``sync_batchnorm`` through :func:`seg_plugin.sync_batchnorm.convert_sync_batchnorm`: torch's
+    SyncBatchNorm on CUDA, :class:`~seg_plugin.sync_batchnorm.CpuSyncBatchNorm` on CPU processes; reverted to
+    the original BatchNorm classes when training ends."""
+
+    def __init__(self, device_type: str):
+        self.device_type = device_type
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        return convert_sync_batchnorm(model, self.device_type)
+
+    def revert(self, model: nn.Module) -> nn.Module:
+        return revert_sync_batchnorm(model)
+
+
 def _unused_parameters(model: nn.Module, crop: int, device: torch.device) -> List[str]:
     """Parameters that receive no gradient in this architecture (e.g. encoder levels a decoder skips)."""
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -386,7 +405,16 @@ class SegmentationModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         """Each rank's own random stream (dropout, drop path): the checkpoint's when resuming, else seeded by
-        rank (Lightning seeds all ranks alike when it sets up DDP)."""
+        rank (Lightning seeds all ranks alike when it sets up DDP). Every rank of a DDP run says whether its
+        BatchNorms are synchronised."""
+        if self.trainer.world_size > 1:
+            synced = sync_batchnorm_layers(self.model)
+            plain = [n for n, m in self.model.named_modules()
+                     if isinstance(m, nn.modules.batchnorm._BatchNorm) and n not in synced]
+            kinds = sorted({type(self.model.get_submodule(n)).__name__ for n in synced})
+            print(f"[rank {self.global_rank}] BatchNorm: {len(synced)} layer(s) synchronised across "
+                  f"{self.trainer.world_size} processes ({', '.join(kinds) or 'none'}), {len(plain)} not synchronised",
+                  flush=True)
         if self._rng is not None:
             restore_rng_state(self._rng)
             self._rng = None
@@ -538,9 +566,12 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike], callbac
               f"iterations {start}->{t.iterations}", flush=True)
         for note in model_plan(cfg).notes:
             print(f"  {note}", flush=True)
-        print(f"  loss: cross-entropy / {'labelled' if cfg.loss.avg_non_ignore else 'all'} pixels "
+        sync = "SyncBatchNorm across the processes" if world > 1 and t.sync_batchnorm else "BatchNorm per process"
+        print(f"  normalisation: {sync} (train.sync_batchnorm {str(t.sync_batchnorm).lower()}, {world} process(es)); "
+              f"loss: cross-entropy / {'labelled' if cfg.loss.avg_non_ignore else 'all'} pixels "
               f"(loss.avg_non_ignore {str(cfg.loss.avg_non_ignore).lower()})", flush=True)
     strategy = DDPStrategy(find_unused_parameters=bool(unused)) if world > 1 else "auto"  # nccl on CUDA, else gloo
+    sync_batchnorm = world > 1 and t.sync_batchnorm  # the official SyncBN; one process keeps BatchNorm
     callbacks += [_StopOnSignal(ckpt_path), LearningRateMonitor("step"),
                   ModelCheckpoint(out, every_n_train_steps=t.checkpoint_interval, save_top_k=0, save_last=True,
                                   enable_version_counter=False)]
@@ -552,7 +583,8 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike], callbac
         logger=loggers, log_every_n_steps=t.log_interval, enable_model_summary=False, inference_mode=False,
         callbacks=callbacks + ([TQDMProgressBar(max(1, t.log_interval // 10))] if t.progress else []),
         enable_progress_bar=t.progress, deterministic="warn" if t.deterministic else None,
-        plugins=[_AtomicCheckpointIO()], default_root_dir=out,
+        sync_batchnorm=sync_batchnorm, default_root_dir=out,
+        plugins=[_AtomicCheckpointIO()] + ([_SyncBatchNorm(device)] if sync_batchnorm else []),
     )
     result: Dict[str, Any] = {}
     if t.eval_at_start and start == 0:

@@ -1,7 +1,8 @@
 """The ADE20K recipe's settings against mmseg 0.24, each checked against an independent restatement: the
 photometric distortion (``PhotoMetricDistortion``: uint8 steps, OpenCV's HSV), the loss (``CrossEntropyLoss``
-with ``avg_non_ignore=False``: labelled pixels summed, divided by all) and resuming checkpoints written
-before that setting."""
+with ``avg_non_ignore=False``: labelled pixels summed, divided by all), synchronised BatchNorm under DDP
+(``SyncBN``: one BatchNorm over the global batch, on CPU processes too, reverted to BatchNorm afterwards) and
+resuming checkpoints written before these settings."""
 from __future__ import annotations
 
 import math
@@ -11,11 +12,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from fec_backbone.toy_scenes import odd_one_out
 from fec_backbone.training import ResumeConfigError, check_resume_config
 from seg_plugin.data import IGNORE_INDEX, Distortion, draw_distortion, photometric_distortion
+from seg_plugin.semantic_fpn import SemanticFPN
+from seg_plugin.sync_batchnorm import CpuSyncBatchNorm, convert_sync_batchnorm, revert_sync_batchnorm
 from seg_plugin.train_ade20k import RUN_ONLY, _plain, _with_legacy_defaults, load_config, segmentation_loss
 
 REPO = Path(__file__).resolve().parent.parent
@@ -252,14 +256,90 @@ def test_the_recipe_has_mmsegs_loss_default():
     assert load_config(FPN_S).loss.avg_non_ignore is False and load_config(None).loss.avg_non_ignore is False
 
 
-def test_checkpoints_written_before_the_loss_setting_name_it_when_resumed():
-    """A checkpoint's settings from before loss.avg_non_ignore existed stand for what the trainer did then (the
-    labelled-pixel mean): resuming under today's default names the setting, setting it as it was resumes."""
+# --- SyncBatchNorm -----------------------------------------------------------------------------------------------
+
+def _sync_worker(rank: int, world: int, store: str, inputs: dict, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        bn = nn.BatchNorm2d(3)
+        bn.load_state_dict(inputs["state"])
+        model = convert_sync_batchnorm(nn.Sequential(bn)).train()
+        half = inputs["x"].shape[0] // world
+        x = inputs["x"][rank * half:(rank + 1) * half].clone().requires_grad_(True)
+        y = model(x)
+        (y * inputs["w"][rank * half:(rank + 1) * half]).sum().backward()
+        synced = model[0]
+        torch.save({"y": y.detach(), "x_grad": x.grad, "weight_grad": synced.weight.grad, "bias_grad": synced.bias.grad,
+                    "running_mean": synced.running_mean, "running_var": synced.running_var,
+                    "type": type(synced).__name__}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_batchnorm_on_cpu_processes_is_one_batchnorm_over_the_global_batch(tmp_path):
+    """Two gloo processes, each with half of a batch: outputs, input gradients and running statistics are those
+    of one BatchNorm over the whole batch, and the parameter gradients sum to its gradients (DDP averages
+    them over the processes, as it averages the processes' losses)."""
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(0)
+    reference = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 1.5)
+        reference.bias.uniform_(-0.5, 0.5)
+    inputs = {"state": {k: v.clone() for k, v in reference.state_dict().items()},
+              "x": 3 * torch.randn(4, 3, 5, 6) + 1, "w": torch.randn(4, 3, 5, 6)}
+    mp.spawn(_sync_worker, args=(2, str(tmp_path / "store"), inputs, str(tmp_path / "out")), nprocs=2)
+    ranks = [torch.load(tmp_path / f"out.{r}") for r in range(2)]
+    x = inputs["x"].clone().requires_grad_(True)
+    y = reference.train()(x)
+    (y * inputs["w"]).sum().backward()
+    assert all(r["type"] == "CpuSyncBatchNorm" for r in ranks)
+    assert torch.allclose(torch.cat([r["y"] for r in ranks]), y.detach(), atol=1e-5)
+    assert torch.allclose(torch.cat([r["x_grad"] for r in ranks]), x.grad, atol=1e-5)
+    assert torch.allclose(ranks[0]["weight_grad"] + ranks[1]["weight_grad"], reference.weight.grad, atol=1e-4)
+    assert torch.allclose(ranks[0]["bias_grad"] + ranks[1]["bias_grad"], reference.bias.grad, atol=1e-4)
+    for r in ranks:
+        assert torch.allclose(r["running_mean"], reference.running_mean, atol=1e-6)
+        assert torch.allclose(r["running_var"], reference.running_var, atol=1e-5)
+
+
+@pytest.mark.parametrize("device_type, synced_class", [("cpu", CpuSyncBatchNorm), ("cuda", nn.SyncBatchNorm)])
+def test_sync_batchnorm_converts_and_reverts_the_decoders_batchnorms(device_type, synced_class):
+    """The conversion the trainer's DDP runs make: every BatchNorm of the model (the Semantic FPN head's 7)
+    becomes a synchronised one (torch's for CUDA, ours for CPU) holding the same tensors, and reverting gives
+    BatchNorm2d back, same tensors; in one process CpuSyncBatchNorm trains as BatchNorm."""
+    model = SemanticFPN("fec_s", encoder_weights=None, classes=150)
+    norms = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    before = {n: (type(m), m.weight) for n, m in norms}
+    assert len(before) == 7 and all(t is nn.BatchNorm2d and n.startswith("decoder.") for n, (t, _) in before.items())
+    convert_sync_batchnorm(model, device_type)
+    synced = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    assert synced.keys() == before.keys() and all(type(m) is synced_class for m in synced.values())
+    assert all(m.weight is before[n][1] for n, m in synced.items())
+    revert_sync_batchnorm(model)
+    after = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    assert {n: type(m) for n, m in after.items()} == {n: t for n, (t, _) in before.items()}
+    assert all(m.weight is before[n][1] for n, m in after.items())
+    plain, single = nn.BatchNorm2d(4).train(), CpuSyncBatchNorm(4).train()
+    x = torch.randn(3, 4, 5, 5)
+    assert torch.allclose(single(x), plain(x)) and torch.allclose(single.running_var, plain.running_var)
+
+
+# --- resuming older checkpoints ----------------------------------------------------------------------------------
+
+def test_checkpoints_written_before_these_settings_name_them_when_resumed():
+    """A checkpoint's settings from before loss.avg_non_ignore and train.sync_batchnorm existed stand for what
+    the trainer did then (labelled-pixel mean, no SyncBN): resuming under today's defaults names both
+    settings, and setting them as they were resumes."""
     old = _plain(load_config(FPN_S))
-    del old["loss"]
-    with pytest.raises(ResumeConfigError, match=r"\['loss.avg_non_ignore'\]"):
+    del old["loss"], old["train"]["sync_batchnorm"]
+    with pytest.raises(ResumeConfigError, match=r"\['loss.avg_non_ignore', 'train.sync_batchnorm'\]"):
         check_resume_config(_with_legacy_defaults(old), _plain(load_config(FPN_S)), RUN_ONLY)
-    as_before = load_config(FPN_S, {"loss.avg_non_ignore": True})
+    as_before = load_config(FPN_S, {"loss.avg_non_ignore": True, "train.sync_batchnorm": False})
     assert check_resume_config(_with_legacy_defaults(old), _plain(as_before), RUN_ONLY) == []
     current = _plain(load_config(FPN_S))
     assert _with_legacy_defaults(current) == current  # today's checkpoints are read as they are

@@ -158,6 +158,11 @@ def test_sigterm_writes_a_checkpoint_and_resume_continues(toy, tmp_path):
 
 
 def test_ddp_under_torchrun_with_amp_and_accumulation(toy, tmp_path):
+    """Two gloo processes: the global batch split over processes and accumulation, each rank's own random
+    stream, the evaluation over both halves; the decoder's BatchNorms are SyncBatchNorm in both workers (the
+    official SyncBN) and the saved model holds plain BatchNorm2d again."""
+    import segmentation_models_pytorch as smp
+
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "seg_plugin.train_ade20k", "--config", str(TOY_CONFIG), "--data-root", str(toy),
@@ -174,6 +179,15 @@ def test_ddp_under_torchrun_with_amp_and_accumulation(toy, tmp_path):
     assert not torch.equal(saved["rng"][0]["torch"], saved["rng"][1]["torch"])  # each rank's own generator
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
     assert [r["step"] for r in rows(out / "metrics.csv", "train/loss")] == ["1", "3"]
+    assert "normalisation: SyncBatchNorm across the processes (train.sync_batchnorm true, 2 process(es))" in done.stdout
+    saved_model = smp.from_pretrained(str(out / "model"))
+    norms = [m for m in saved_model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(type(m) is torch.nn.BatchNorm2d for m in norms)  # Linknet's decoder BatchNorms
+    for rank in (0, 1):
+        assert (f"[rank {rank}] BatchNorm: {len(norms)} layer(s) synchronised across 2 processes (CpuSyncBatchNorm), "
+                "0 not synchronised") in done.stdout, done.stdout[-3000:]
+    state = load_file(out / "model" / "model.safetensors")
+    assert {"decoder.blocks.0.block.0.1.running_var", "decoder.blocks.0.block.0.1.num_batches_tracked"} <= set(state)
 
 
 def test_evaluation_metrics_leave_out_absent_classes(toy):
@@ -234,6 +248,7 @@ def test_configs_inherit_the_recipe_and_reject_unknown_keys(tmp_path):
     assert base.model.encoder == "fec_b" and load_config(CONFIGS / "fpn_fec_l_ade20k_80k.yaml").model.encoder == "fec_l"
     assert {**base, "model": None} == {**small, "model": None}
     assert base.model.arch_kwargs == {"fpn": {"decoder_dropout": 0.1}}
+    assert small.loss.avg_non_ignore is False and small.train.sync_batchnorm is True
     toy = load_config(TOY_CONFIG)
     assert toy.model.arch == "linknet" and toy.model.encoder_depth == 2 and toy.model.arch_kwargs == {}
     assert toy.optim.weight_decay == 1e-4 and toy.train.iterations == 600

@@ -1,13 +1,16 @@
 """ADE20K semantic segmentation with an smp model and an FEC encoder: the FEC paper's training recipe, on Lightning.
 
-The paper's schedule and data pipeline with ``smp.FPN`` as the decoder (smp's FPN, not the paper's exact
-Semantic FPN head): AdamW (lr 1e-4, weight decay 1e-4), poly schedule (power 0.9), 80k iterations at
-batch 16, 512x512 crops after random rescaling (0.5-2.0) and flipping, mmseg's cross-entropy (summed over
-the labelled pixels, divided by all pixels: ``loss.avg_non_ignore false``), SyncBatchNorm under DDP
+The official recipe (FEC's ``fpn_fec_*_ade20k_80k`` mmseg 0.24 configs): the Semantic FPN
+(:class:`seg_plugin.SemanticFPN`, ``model.arch semanticfpn``; any smp architecture can replace it), AdamW
+(lr 1e-4, weight decay 1e-4), poly schedule (power 0.9), 80k iterations at batch 16, 512x512 crops after
+random rescaling (0.5-2.0), flipping and photometric distortion, mmseg's cross-entropy (summed over the
+labelled pixels, divided by all pixels: ``loss.avg_non_ignore false``), SyncBatchNorm under DDP
 (``train.sync_batchnorm``), single-scale evaluation at short side 512; mIoU, per-class IoU and pixel
-accuracy from torchmetrics. Settings are a yacs ``CfgNode`` (as in
-Detectron2): files may name a ``_BASE_`` file, unknown keys are errors, and ``KEY VALUE`` pairs after the
-options override any setting (``model.arch upernet``: architecture arguments are kept per architecture,
+accuracy from torchmetrics; the model summary at the start gives the decoder's parameter count
+(4,161,174 for FEC-S, as the official model's). ``docs/segmentation.md`` compares every setting with the
+official configs. Settings are a yacs ``CfgNode`` (as in Detectron2): files may name a ``_BASE_`` file,
+unknown keys are errors, and ``KEY VALUE`` pairs after the options override any setting (``model.arch
+fpn`` trains smp's FPN instead: architecture arguments are kept per architecture,
 ``model.arch_kwargs.<arch>``, so switching the architecture leaves the other one's behind).
 
     python -m seg_plugin.train_ade20k --config configs/segmentation/fpn_fec_s_ade20k_80k.yaml \\
@@ -63,7 +66,7 @@ from .pretrained import (ENCODER_VARIANTS, WeightsNotInstalledError, encoder_bas
 from .sync_batchnorm import convert_sync_batchnorm, revert_sync_batchnorm, sync_batchnorm_layers
 
 __all__ = ["ConfigError", "Interrupted", "ModelPlan", "SegmentationModule", "build_model", "get_cfg", "load_config",
-           "model_plan", "segmentation_loss", "train", "main"]
+           "model_plan", "model_summary", "segmentation_loss", "train", "main"]
 
 CHECKPOINT = "last.ckpt"
 #: Settings a resumed run may change (they do not change the training trajectory); fnmatch patterns.
@@ -72,7 +75,7 @@ RUN_ONLY = ("data.root", "data.workers", "train.*_interval", "train.eval_at_star
 
 # The reference recipe (FEC's ``fpn_fec_*_ade20k_80k`` mmseg configs); config files override it.
 _C = CfgNode({
-    "model": {"arch": "fpn", "encoder": "fec_s", "encoder_weights": "imagenet", "encoder_depth": None,
+    "model": {"arch": "semanticfpn", "encoder": "fec_s", "encoder_weights": "imagenet", "encoder_depth": None,
               "encoder_params": {}, "arch_kwargs": {}},
     "data": {"root": "data/ADEChallengeData2016", "train_split": "training", "val_split": "validation",
              "num_classes": 150, "workers": 4,  # and the augmentation's settings, from AugmentConfig:
@@ -285,6 +288,23 @@ def build_model(cfg: CfgNode) -> nn.Module:
     elif plan.weights is not None:
         load_encoder_weights(model.encoder, read_fec_weights(plan.weights))
     return model
+
+
+def model_summary(model: nn.Module) -> List[str]:
+    """The model summary the trainer prints: the parameters of the model and of each of its parts (an smp
+    model's encoder, decoder, segmentation head, ...), then those of the decoder with its segmentation head,
+    the count the official Semantic FPN's decoder is given by (4,161,174 on FEC-S with 150 classes: the
+    mmseg FPN neck and FPNHead, ``conv_seg`` included)."""
+    def count(module: Optional[nn.Module]) -> int:
+        return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+    parts = [(name, child) for name, child in model.named_children()
+             if count(child) or name in ("encoder", "decoder", "segmentation_head")]
+    lines = [f"{getattr(model, 'name', type(model).__name__)} ({type(model).__name__}): {count(model):,} parameters"]
+    lines += [f"  {name:<20} {type(child).__name__:<22} {count(child):>12,}" for name, child in parts]
+    decoder = count(getattr(model, "decoder", None)) + count(getattr(model, "segmentation_head", None))
+    lines.append(f"  decoder + segmentation_head: {decoder:,} parameters")
+    return lines
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, avg_non_ignore: bool = False) -> torch.Tensor:
@@ -566,6 +586,8 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike], callbac
               f"iterations {start}->{t.iterations}", flush=True)
         for note in model_plan(cfg).notes:
             print(f"  {note}", flush=True)
+        for line in model_summary(module.model):
+            print(line, flush=True)
         sync = "SyncBatchNorm across the processes" if world > 1 and t.sync_batchnorm else "BatchNorm per process"
         print(f"  normalisation: {sync} (train.sync_batchnorm {str(t.sync_batchnorm).lower()}, {world} process(es)); "
               f"loss: cross-entropy / {'labelled' if cfg.loss.avg_non_ignore else 'all'} pixels "

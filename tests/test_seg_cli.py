@@ -108,24 +108,37 @@ def test_config_comments_show_only_real_commands(monkeypatch, capsys):
     assert count == 8
 
 
-def test_fpn_recipe_switches_to_upernet_on_the_command_line(toy, tmp_path):
-    """The FPN recipe's own command with ``model.arch upernet`` (the README's and the config's override)
-    trains: FPN's decoder_dropout stays behind under ``model.arch_kwargs.fpn``. Shrunk to one iteration."""
+@pytest.mark.parametrize("arch, model_class", [(None, "SemanticFPN"), ("fpn", "FPN"), ("upernet", "UPerNet")])
+def test_fpn_recipe_trains_the_official_model_and_switches_on_the_command_line(toy, tmp_path, arch, model_class):
+    """The FPN recipe's own command trains the official Semantic FPN and prints its decoder's parameter count
+    (4,161,174 on FEC-S); ``model.arch fpn`` (smp's FPN) and ``model.arch upernet`` (the config's overrides)
+    switch it, the other architectures' arguments staying behind under their names. Shrunk to one iteration."""
     (command,) = [c for c in commented_commands(FPN_S) if c[2] == "seg_plugin.train_ade20k"]
-    command = with_option(with_option(command, "--data-root", toy), "--out-dir", tmp_path / "upernet")
-    done = run(command + ["model.arch", "upernet"] + SHRINK)
+    command = with_option(with_option(command, "--data-root", toy), "--out-dir", tmp_path / "run")
+    done = run(command + (["model.arch", arch] if arch else []) + SHRINK)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "final mIoU" in done.stdout
-    saved = json.loads((tmp_path / "upernet" / "model" / "config.json").read_text())
-    assert saved["_model_class"] == "UPerNet" and "decoder_dropout" not in saved
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert saved["_model_class"] == model_class
+    if arch is None:
+        assert "semanticfpn-fec_s (SemanticFPN): 9,490,394 parameters" in done.stdout
+        assert "decoder + segmentation_head: 4,161,174 parameters" in done.stdout
+        assert (saved["decoder_pyramid_channels"], saved["decoder_segmentation_channels"]) == (256, 128)
+    if arch == "upernet":
+        assert "decoder_dropout" not in saved
 
 
 def test_arch_kwargs_per_architecture_and_todays_plain_form(tmp_path):
     switched = load_config(FPN_S, {"model.arch": "upernet"})
     assert model_plan(switched).create["arch"] == "upernet" and "decoder_dropout" not in model_plan(switched).create
-    assert model_plan(load_config(FPN_S)).create["decoder_dropout"] == 0.1
-    changed = load_config(FPN_S, {"model.arch_kwargs.fpn.decoder_dropout": 0.2})
+    official = model_plan(load_config(FPN_S)).create
+    assert official["arch"] == "semanticfpn" and official["decoder_dropout"] == 0.1
+    assert (official["decoder_pyramid_channels"], official["decoder_segmentation_channels"]) == (256, 128)
+    changed = load_config(FPN_S, {"model.arch_kwargs.semanticfpn.decoder_dropout": 0.2})
     assert model_plan(changed).create["decoder_dropout"] == 0.2
+    smp_fpn = load_config(FPN_S, {"model.arch": "fpn", "model.arch_kwargs.fpn.decoder_dropout": 0.3})
+    assert model_plan(smp_fpn).create["arch"] == "fpn" and model_plan(smp_fpn).create["decoder_dropout"] == 0.3
+    assert "decoder_segmentation_channels" not in model_plan(smp_fpn).create  # the Semantic FPN's stay behind
     other = load_config(FPN_S, {"model.arch": "upernet", "model.arch_kwargs": {"upernet": {"decoder_channels": 128}}})
     assert model_plan(other).create["decoder_channels"] == 128
     with pytest.raises(ConfigError, match=r"model.arch_kwargs.upernet \['decoder_dropout'\] are not arguments of "

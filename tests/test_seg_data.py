@@ -167,7 +167,7 @@ def test_eval_sample_keeps_original_labels(toy):
 
 def test_config_errors_name_the_setting(tmp_path):
     cfg = load_config("configs/segmentation/fpn_fec_s_ade20k_80k.yaml")
-    assert cfg["model"]["arch"] == "fpn" and cfg["optim"]["lr"] == 1e-4 and cfg["train"]["iterations"] == 80000
+    assert cfg["model"]["arch"] == "semanticfpn" and cfg["optim"]["lr"] == 1e-4 and cfg["train"]["iterations"] == 80000
     assert cfg["train"]["batch_size"] == 16 and cfg["data"]["crop_size"] == 512 and cfg["optim"]["poly_power"] == 0.9
     with pytest.raises(ConfigError, match="unknown setting 'train.iters'"):
         load_config(None, {"train.iters": 3})

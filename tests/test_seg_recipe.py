@@ -1,8 +1,9 @@
 """The ADE20K recipe's settings against mmseg 0.24, each checked against an independent restatement: the
 photometric distortion (``PhotoMetricDistortion``: uint8 steps, OpenCV's HSV), the loss (``CrossEntropyLoss``
 with ``avg_non_ignore=False``: labelled pixels summed, divided by all), synchronised BatchNorm under DDP
-(``SyncBN``: one BatchNorm over the global batch, on CPU processes too, reverted to BatchNorm afterwards) and
-resuming checkpoints written before these settings."""
+(``SyncBN``: one BatchNorm over the global batch, on CPU processes too, reverted to BatchNorm afterwards), the
+official model's summary (decoder 4,161,174 parameters) and resuming checkpoints written before these
+settings."""
 from __future__ import annotations
 
 import math
@@ -20,7 +21,8 @@ from fec_backbone.training import ResumeConfigError, check_resume_config
 from seg_plugin.data import IGNORE_INDEX, Distortion, draw_distortion, photometric_distortion
 from seg_plugin.semantic_fpn import SemanticFPN
 from seg_plugin.sync_batchnorm import CpuSyncBatchNorm, convert_sync_batchnorm, revert_sync_batchnorm
-from seg_plugin.train_ade20k import RUN_ONLY, _plain, _with_legacy_defaults, load_config, segmentation_loss
+from seg_plugin.train_ade20k import (RUN_ONLY, _plain, _with_legacy_defaults, build_model, load_config, model_summary,
+                                     segmentation_loss)
 
 REPO = Path(__file__).resolve().parent.parent
 FPN_S = REPO / "configs" / "segmentation" / "fpn_fec_s_ade20k_80k.yaml"
@@ -329,7 +331,15 @@ def test_sync_batchnorm_converts_and_reverts_the_decoders_batchnorms(device_type
     assert torch.allclose(single(x), plain(x)) and torch.allclose(single.running_var, plain.running_var)
 
 
-# --- resuming older checkpoints ----------------------------------------------------------------------------------
+# --- model summary and resuming older checkpoints ----------------------------------------------------------------
+
+def test_model_summary_shows_the_official_decoder_count():
+    lines = model_summary(build_model(load_config(FPN_S, {"model.encoder_weights": "none"})))
+    assert lines[0] == "semanticfpn-fec_s (SemanticFPN): 9,490,394 parameters"
+    assert lines[-1] == "  decoder + segmentation_head: 4,161,174 parameters"
+    assert [line.split()[:2] for line in lines[1:4]] == [["encoder", "FecEncoder"], ["decoder", "SemanticFPNDecoder"],
+                                                        ["segmentation_head", "SemanticFPNHead"]]
+
 
 def test_checkpoints_written_before_these_settings_name_them_when_resumed():
     """A checkpoint's settings from before loss.avg_non_ignore and train.sync_batchnorm existed stand for what

@@ -247,7 +247,9 @@ def test_configs_inherit_the_recipe_and_reject_unknown_keys(tmp_path):
     small, base = load_config(CONFIGS / "fpn_fec_s_ade20k_80k.yaml"), load_config(CONFIGS / "fpn_fec_b_ade20k_80k.yaml")
     assert base.model.encoder == "fec_b" and load_config(CONFIGS / "fpn_fec_l_ade20k_80k.yaml").model.encoder == "fec_l"
     assert {**base, "model": None} == {**small, "model": None}
-    assert base.model.arch_kwargs == {"fpn": {"decoder_dropout": 0.1}}
+    assert base.model.arch == "semanticfpn" and base.model.arch_kwargs == {
+        "semanticfpn": {"decoder_pyramid_channels": 256, "decoder_segmentation_channels": 128, "decoder_dropout": 0.1},
+        "fpn": {"decoder_dropout": 0.1}}
     assert small.loss.avg_non_ignore is False and small.train.sync_batchnorm is True
     toy = load_config(TOY_CONFIG)
     assert toy.model.arch == "linknet" and toy.model.encoder_depth == 2 and toy.model.arch_kwargs == {}

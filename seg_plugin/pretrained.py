@@ -32,8 +32,8 @@ from huggingface_hub.file_download import repo_folder_name
 from fec_backbone import FEC, VARIANTS, CheckpointError, detect_variant, fit_state_dict, read_fec_weights
 from fec_backbone.training import atomic_write
 
-__all__ = ["ENCODER_VARIANTS", "REVISION", "WeightsNotInstalledError", "encoder_base", "install", "installed_path",
-           "load_encoder_weights", "load_imagenet_weights", "pretrained_settings", "repo_id"]
+__all__ = ["ENCODER_VARIANTS", "REVISION", "WeightsNotInstalledError", "encoder_base", "has_output_norms", "install",
+           "installed_path", "load_encoder_weights", "load_imagenet_weights", "pretrained_settings", "repo_id"]
 
 #: smp encoder name -> FEC variant (timm name).
 ENCODER_VARIANTS: Dict[str, str] = {"fec_s": "fec_small", "fec_b": "fec_base", "fec_l": "fec_large"}
@@ -124,13 +124,20 @@ def _encoder_target(encoder: str) -> FEC:
 def convert(state_dict: Mapping[str, torch.Tensor], encoder: str) -> Dict[str, torch.Tensor]:
     """FEC weights (:func:`fec_backbone.read_fec_weights`) as ``encoder``'s full state dict (depth 5).
 
-    Stem and stages come from the checkpoint; the output norms, which the ImageNet model does not have,
-    keep their fresh initialisation (weight 1, bias 0), as in the reference's segmentation backbone.
+    Stem and stages come from the checkpoint. The output norms come from it too when it has them (the
+    backbone of an official mmdet/mmseg file: ``norm0/2/4/6``, which the core reads as ``out_norms.*``);
+    an ImageNet checkpoint has none, and they keep their fresh initialisation (weight 1, bias 0), as in
+    the reference's segmentation backbone.
     """
     target = _encoder_target(encoder)
     out = fit_state_dict(state_dict, target, allow_missing=("out_norms.",))
-    out.update({k: v for k, v in target.state_dict().items() if k.startswith("out_norms.")})
+    out.update({k: v for k, v in target.state_dict().items() if k.startswith("out_norms.") and k not in out})
     return {k: v.detach().contiguous() for k, v in out.items()}
+
+
+def has_output_norms(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether FEC weights hold output norms (a dense-prediction backbone: official mmdet/mmseg files)."""
+    return any(k.startswith("out_norms.") for k in state_dict)
 
 
 def _fec_of(encoder: nn.Module) -> FEC:
@@ -182,7 +189,9 @@ def install(checkpoint: str | os.PathLike, encoder: Optional[str] = None,
     """Convert an official FEC ImageNet checkpoint and install it for smp's ``encoder_weights="imagenet"``.
 
     Any checkpoint shape :func:`fec_backbone.read_fec_weights` takes (a training file gives its EMA
-    weights). Returns the installed ``model.safetensors``. Raises :class:`~fec_backbone.checkpoint.CheckpointError`
+    weights; an official mmdet/mmseg file, e.g. ``mask_rcnn_fec_small_fpn_1x_coco.pth``, its backbone with
+    its output norms). Returns the installed ``model.safetensors``. Raises
+    :class:`~fec_backbone.checkpoint.CheckpointError`
     naming the file and the problem for unreadable checkpoints or the wrong variant. Each file is
     written atomically, the weights before the config that marks them installed.
     """
@@ -210,6 +219,7 @@ def install(checkpoint: str | os.PathLike, encoder: Optional[str] = None,
         "variant": ENCODER_VARIANTS[encoder],
         "source_checkpoint": os.path.abspath(os.fspath(checkpoint)),
         "source_sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest(),
+        "output_norms": "checkpoint" if has_output_norms(state) else "fresh",
         "input_space": "RGB",
         "input_range": [0, 1],
         "mean": list(IMAGENET_DEFAULT_MEAN),

@@ -1,8 +1,10 @@
-"""FEC weights for smp: install ImageNet weights for ``encoder_weights="imagenet"`` (offline, into the Hugging
-Face cache), or convert an official ADE20K checkpoint into a saved smp model.
+"""FEC weights for smp: install ImageNet weights (or the backbone of an official mmdet/mmseg checkpoint) for
+``encoder_weights="imagenet"`` (offline, into the Hugging Face cache), or convert an official ADE20K checkpoint
+into a saved smp model.
 
     python -m seg_plugin.weights install --checkpoint fec_small.pth            # encoder detected
     python -m seg_plugin.weights install --checkpoint fec_small.pth --encoder fec_s --cache-dir DIR
+    python -m seg_plugin.weights install --checkpoint mask_rcnn_fec_small_fpn_1x_coco.pth  # an official backbone
     python -m seg_plugin.weights status
     python -m seg_plugin.weights convert-official fpn_fec_small_ade20k.pth --out DIR   # then smp.from_pretrained(DIR)
 
@@ -28,14 +30,16 @@ __all__ = [*_pretrained_all, "main"]
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m seg_plugin.weights", description=__doc__.splitlines()[0],
+    description = " ".join(__doc__.split("\n\n")[0].split())  # the first paragraph, whole
+    parser = argparse.ArgumentParser(prog="python -m seg_plugin.weights", description=description,
                                      epilog="Without the weights, build models with encoder_weights=None (trainer: "
                                             "model.encoder_weights none).")
     sub = parser.add_subparsers(dest="command", required=True)
     p_install = sub.add_parser("install",
                                help="convert an official FEC checkpoint for smp's encoder_weights='imagenet'")
     p_install.add_argument("--checkpoint", required=True,
-                           help="official FEC ImageNet checkpoint (.pth/.pth.tar/.safetensors)")
+                           help="official FEC ImageNet checkpoint (.pth/.pth.tar/.safetensors), or an official "
+                                "mmdet/mmseg file whose backbone (output norms included) is taken")
     p_install.add_argument("--encoder", choices=sorted(ENCODER_VARIANTS), help="smp encoder name (default: detected)")
     p_status = sub.add_parser("status", help="show which FEC encoders have ImageNet weights installed")
     p_official = sub.add_parser("convert-official", help="an official mmseg Semantic FPN ADE20K checkpoint as a saved "
@@ -65,8 +69,12 @@ def main(argv: Optional[list] = None) -> int:
     except (CheckpointError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    encoder = json.loads((path.parent / CONFIG_FILE).read_text())["encoder"]
-    print(f"installed {encoder} ImageNet weights: {path}")
+    config = json.loads((path.parent / CONFIG_FILE).read_text())
+    encoder = config["encoder"]
+    if config.get("output_norms") == "checkpoint":
+        print(f"installed {encoder} weights: the backbone of {args.checkpoint}, its output norms included: {path}")
+    else:
+        print(f"installed {encoder} ImageNet weights: {path}")
     print(f"smp.Unet(encoder_name={encoder!r}) now loads them (encoder_weights='imagenet'), offline too.")
     if args.cache_dir:
         print(f"(a custom cache: set HF_HUB_CACHE={args.cache_dir} for smp to look there)")

@@ -80,6 +80,7 @@ def test_install_then_smp_default_loads_the_weights_offline(hf_cache, official, 
     assert smp.encoders.get_preprocessing_params("fec_s")["mean"] == [0.485, 0.456, 0.406]
     config = json.loads((installed.parent / "config.json").read_text())
     assert config["variant"] == "fec_small" and config["source_checkpoint"] == str(path)
+    assert config["output_norms"] == "fresh"  # an ImageNet checkpoint has none
     assert weights.main(["status"]) == 0
     assert f"fec_s (fec_small): {installed}" in capsys.readouterr().out
 
@@ -210,3 +211,34 @@ def test_imagenet_weights_load_into_either_route_built_without_them(hf_cache, of
     assert torch.equal(plain.encoder.model.model.stem.proj.weight, state["patch_embed.proj.weight"])
     with pytest.raises(KeyError, match="not an FEC smp encoder"):
         seg_plugin.load_imagenet_weights(smp.Unet("resnet18", encoder_weights=None).encoder, "resnet18")
+
+
+def test_install_takes_the_backbone_of_an_official_mmdet_file_with_its_output_norms(hf_cache, tmp_path, capsys):
+    """``python -m seg_plugin.weights install --checkpoint mask_rcnn_fec_small_fpn_1x_coco.pth``: an official
+    mmdet file (``meta``, ``state_dict`` with ``backbone.*`` next to the neck and heads) installs fec_s with
+    its stem, stages and output norms (``backbone.norm0/2/4/6``) from the file; smp then loads them."""
+    from reference_fec import reference_model
+
+    backbone = reference_model("fec_small", fork_feat=True)
+    generator = torch.Generator().manual_seed(11)
+    official = {f"backbone.{k}": v + 0.05 * torch.randn(v.shape, generator=generator)
+                for k, v in backbone.state_dict().items()}
+    assert {k for k in official if k.startswith("backbone.norm")} == {f"backbone.norm{i}.{p}" for i in (0, 2, 4, 6)
+                                                                       for p in ("weight", "bias")}
+    official.update({"neck.lateral_convs.0.conv.weight": torch.zeros(256, 32, 1, 1),
+                     "rpn_head.rpn_conv.weight": torch.zeros(256, 256, 3, 3),
+                     "roi_head.bbox_head.fc_cls.weight": torch.zeros(81, 1024)})
+    path = tmp_path / "mask_rcnn_fec_small_fpn_1x_coco.pth"
+    torch.save({"meta": {"mmdet_version": "2.24.1", "CLASSES": tuple(f"c{i}" for i in range(80))},
+                "state_dict": official, "optimizer": {"state": {}, "param_groups": []}}, path)
+    assert weights.main(["install", "--checkpoint", str(path)]) == 0
+    assert "installed fec_s weights: the backbone of" in capsys.readouterr().out
+    config = json.loads((weights.installed_path("fec_s").parent / "config.json").read_text())
+    assert config["output_norms"] == "checkpoint" and config["source_checkpoint"] == str(path)
+    encoder = smp.Unet("fec_s").encoder  # encoder_weights="imagenet": the installed snapshot
+    ours = encoder.state_dict()
+    for key, value in official.items():
+        if key.startswith("backbone."):
+            assert torch.equal(ours[map_official_key(key[len("backbone."):])], value), key
+    assert not torch.equal(ours["out_norms.0.weight"], torch.ones_like(ours["out_norms.0.weight"]))
+    assert len(ours) == len([k for k in official if k.startswith("backbone.")])  # every encoder tensor from the file

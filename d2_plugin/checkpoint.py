@@ -122,13 +122,13 @@ def _fresh_parts(model: nn.Module, loaded: Mapping[str, torch.Tensor], body: str
 
 
 def _output_norm_targets(
-    weights: Mapping[str, torch.Tensor], model: nn.Module, body_name: str, body: fec_backbone.FEC
+    weights: Mapping[str, torch.Tensor], model: nn.Module, body_name: str, body: fec_backbone.FEC, path: str
 ) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor], List[str]]:
     """Split ``weights`` (FEC layout) into the body's own tensors and its output norms ``out_norms.<i>.*``
     (the official ``norm0/2/4/6``). When the body has no output norms of its own, the Detectron2 backbone
     around it (:class:`FECBackbone`) holds them, one per returned map: ``<owner>.out_norms.res<2+i>.*``.
     Returns ``(body weights, norms by model key, norms of maps the backbone does not return)``; a norm
-    with nowhere to go stays in the body weights, for the caller's strict check to report."""
+    for a returned map without one (``FECBackbone(norm_outputs=False)``) raises :class:`CheckpointError`."""
     if body.out_norms is not None:
         return dict(weights), {}, []
     owner_name = body_name.rpartition(".")[0]
@@ -149,7 +149,8 @@ def _output_norm_targets(
         elif stage not in owner.output_shape():  # not returned (RetinaNet's res2: the official FORK_LAST3)
             unused.append(key)
         else:
-            rest[key] = value  # returned without a norm: nowhere to go
+            raise CheckpointError(f"{path!r} has an output norm for {stage} ({key}), but the model's backbone "
+                                  f"returns {stage} without one")
     return rest, norms, unused
 
 
@@ -177,7 +178,7 @@ def _fit_backbone(
         raise CheckpointError(f"{path!r} is {what}, but the model has no FEC backbone "
                               "(MODEL.BACKBONE.NAME is not one of the build_*fec* builders)")
     body_name, body = located
-    rest, norms, unused = _output_norm_targets(weights, model, body_name, body)
+    rest, norms, unused = _output_norm_targets(weights, model, body_name, body, path)
     result = LoadResult()
     try:
         state = fec_backbone.fit_state_dict(rest, body, result=result)

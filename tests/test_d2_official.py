@@ -500,6 +500,16 @@ def test_backbone_alone_files(official, tmp_path, caplog):
             "(out_norms.0.weight, out_norms.0.bias); FPN and heads (head) start fresh") in text, text[-2000:]
 
 
+def test_output_norms_with_nowhere_to_go(official, tmp_path):
+    """A backbone returning a map without an output norm (FECBackbone(norm_outputs=False) for it) cannot
+    take the file's norm of that map: an error, not a silent drop."""
+    model = build_model(make_cfg())
+    model.backbone.bottom_up.out_norms["res3"] = nn.Identity()
+    with pytest.raises(CheckpointError, match=r"has an output norm for res3 \(out_norms.1.weight\), but the "
+                                              r"model's backbone returns res3 without one"):
+        load(model, official[0])
+
+
 def test_dense_backbone_through_the_imagenet_route(official, tmp_path, caplog):
     """The backbone of an official file saved on its own (fec_backbone.read_fec_weights: our key layout with
     out_norms) is an ImageNet-route file for the plain builder: its output norms are loaded too."""

@@ -3,7 +3,7 @@
 ``import d2_plugin`` registers the backbones ``build_fec_backbone``, ``build_fec_fpn_backbone`` and
 ``build_retinanet_fec_fpn_backbone`` with Detectron2's ``BACKBONE_REGISTRY``; :func:`add_fec_config`
 adds the ``MODEL.FEC`` options; :class:`FECCheckpointer` (a ``DetectionCheckpointer``) loads
-``MODEL.WEIGHTS``, FEC ImageNet checkpoints included. It also registers the toy dataset names
+``MODEL.WEIGHTS``, FEC ImageNet checkpoints and the official mmdet COCO checkpoints included. It also registers the toy dataset names
 ``fec_toy_{train,val}`` / ``fec_toy_mini_{train,val}`` (:mod:`d2_plugin.datasets`)::
 
     import d2_plugin

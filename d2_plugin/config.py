@@ -27,6 +27,11 @@ def add_fec_config(cfg: CN) -> None:
     * ``FREEZE_AT``: 0 trains everything; 1 freezes the stem; ``k`` >= 2 also freezes stages
       ``res2`` .. ``res<k>`` (as ``MODEL.BACKBONE.FREEZE_AT`` for ResNets, which FEC ignores).
     * ``GRAD_CHECKPOINT``: recompute the stages in the backward pass to save memory.
+
+    ``SOLVER.WEIGHT_DECAY_FEC_SCALARS``: the weight decay of FEC's clustering alpha/beta and layer scales;
+    None (default) follows ``SOLVER.WEIGHT_DECAY``, as the official recipe decays every parameter. 0.0 (with
+    ``SOLVER.WEIGHT_DECAY_NORM 0.0``) exempts them, which is not the official recipe (see
+    :mod:`d2_plugin.solver`).
     """
     cfg.MODEL.FEC = CN()
     cfg.MODEL.FEC.NAME = "fec_small"
@@ -37,6 +42,7 @@ def add_fec_config(cfg: CN) -> None:
     cfg.MODEL.FEC.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.FEC.FREEZE_AT = 0
     cfg.MODEL.FEC.GRAD_CHECKPOINT = False
+    cfg.SOLVER.WEIGHT_DECAY_FEC_SCALARS = None
     # ImageNet weights are MODEL.WEIGHTS now: the old key fails on merge (file or command line), saying so
     if not cfg.key_is_renamed("MODEL.FEC.WEIGHTS"):
         cfg.register_renamed_key("MODEL.FEC.WEIGHTS", "MODEL.WEIGHTS", WEIGHTS_REMOVED)

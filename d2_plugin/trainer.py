@@ -2,7 +2,8 @@
 
 :class:`Trainer` is Detectron2's ``DefaultTrainer`` with COCO evaluation, FEC's AdamW parameter groups
 (:func:`d2_plugin.solver.build_fec_optimizer`), an exact resume (:class:`d2_plugin.engine.ResumableTrainerMixin`)
-and :class:`d2_plugin.checkpoint.FECCheckpointer`, so ``MODEL.WEIGHTS`` may be an FEC ImageNet checkpoint.
+and :class:`d2_plugin.checkpoint.FECCheckpointer`, so ``MODEL.WEIGHTS`` may be an FEC ImageNet checkpoint or an
+official mmdet FEC detector checkpoint.
 ``main(args)`` is what ``python d2_plugin/train_net.py`` runs in every process (train, ``--eval-only``,
 ``--resume``), as ``tools/train_net.py`` and the Detectron2 projects do.
 """

@@ -139,25 +139,31 @@ def test_freezing():
     assert all(stage.grad_checkpointing for stage in free.bottom_up.body.stages)
 
 
-def test_optimizer_param_groups():
-    cfg = make_cfg()
+@pytest.mark.parametrize("opts, exempt", [
+    ((), False),  # the official recipe: mmdet's AdamW without paramwise_cfg decays every parameter
+    (("SOLVER.WEIGHT_DECAY_NORM", 0.0, "SOLVER.WEIGHT_DECAY_FEC_SCALARS", 0.0), True),  # the option, not official
+])
+def test_optimizer_param_groups(opts, exempt):
+    cfg = make_cfg("toy_mask_rcnn_fec_s.yaml", *opts)
     model = build_model(cfg)
     optimizer = build_fec_optimizer(cfg, model)
     assert isinstance(optimizer, torch.optim.AdamW)
+    assert all(g["betas"] == (0.9, 0.999) and g["eps"] == 1e-8 for g in optimizer.param_groups)
     decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
     lrs = {g["lr"] for g in optimizer.param_groups}
     assert lrs == {cfg.SOLVER.BASE_LR}
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert len(decay) == len(trainable) == sum(len(g["params"]) for g in optimizer.param_groups)
+    assert cfg.SOLVER.WEIGHT_DECAY == 1e-4
     norms = {id(p) for m in model.modules() if isinstance(m, torch.nn.GroupNorm) for p in m.parameters()}
     seen = set()
     for name, p in trainable:
-        if id(p) in norms or name.endswith(("sim_alpha", "sim_beta", "layer_scale_1", "layer_scale_2")):
-            assert decay[id(p)] == 0.0, name
+        special = id(p) in norms or name.endswith(("sim_alpha", "sim_beta", "layer_scale_1", "layer_scale_2"))
+        if special:
             seen.add(name.rsplit(".", 1)[-1])
-        else:
-            assert decay[id(p)] == cfg.SOLVER.WEIGHT_DECAY == 1e-4, name
+        assert decay[id(p)] == (0.0 if special and exempt else cfg.SOLVER.WEIGHT_DECAY), name
     assert {"sim_alpha", "sim_beta", "layer_scale_1", "layer_scale_2", "weight", "bias"} <= seen
+    assert any(name.endswith(".bias") and decay[id(p)] == 1e-4 for name, p in trainable)  # biases decay too
 
 
 def test_configs():
@@ -175,11 +181,43 @@ def test_configs():
         assert (cfg.MODEL.FEC.PRESET, list(cfg.MODEL.FEC.PROPOSALS), list(cfg.MODEL.FEC.FOLDS)) == ("detection", [], [])
         s = cfg.SOLVER
         epoch = 7330
-        assert (s.IMS_PER_BATCH, s.WEIGHT_DECAY, s.WARMUP_ITERS, s.MAX_ITER) == (16, 1e-4, 500, 12 * epoch)
-        assert tuple(s.STEPS) == (8 * epoch, 11 * epoch)
+        assert (s.IMS_PER_BATCH, s.WARMUP_ITERS, s.WARMUP_FACTOR, s.WARMUP_METHOD, s.MAX_ITER) == (
+            16, 500, 0.001, "linear", 12 * epoch)
+        # weight decay on every parameter (mmdet's AdamW has no paramwise_cfg)
+        assert (s.WEIGHT_DECAY, s.WEIGHT_DECAY_NORM, s.WEIGHT_DECAY_BIAS, s.WEIGHT_DECAY_FEC_SCALARS) == (
+            1e-4, 1e-4, None, None), file
+        if arch == "GeneralizedRCNN":  # the official schedule_1x.py: step=[8, 9, 11], gamma=0.2
+            assert (tuple(s.STEPS), s.GAMMA) == ((8 * epoch, 9 * epoch, 11 * epoch), 0.2), file
+        else:  # no official RetinaNet: PVT v2's, on mmdet's schedule_1x (step=[8, 11], gamma 0.1)
+            assert (tuple(s.STEPS), s.GAMMA) == ((8 * epoch, 11 * epoch), 0.1), file
         assert (cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.FORMAT) == ((800,), 1333, "RGB")
+        assert (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, cfg.INPUT.RANDOM_FLIP) == (800, 1333, "horizontal")
     for file in glob.glob(os.path.join(CONFIGS, "*.yaml")):
         make_cfg(os.path.basename(file))  # every file, bases included, merges
+
+
+def _mmcv_lr(it: int, epoch_iters: int = 7330, steps=(8, 9, 11), gamma=0.2, warmup=500, ratio=0.001) -> float:
+    """The lr factor of the official schedule at iteration ``it``, as mmcv's StepLrUpdaterHook computes it
+    (by epoch: gamma to the number of steps passed; linear warm-up by iteration: 1 - (1 - it / 500) * 0.999)."""
+    regular = gamma ** sum(it // epoch_iters >= s for s in steps)
+    return regular * (1 - (1 - it / warmup) * (1 - ratio)) if it < warmup else regular
+
+
+@pytest.mark.parametrize("config, steps, gamma", [
+    ("mask_rcnn_fec_s_fpn_1x_coco.yaml", (8, 9, 11), 0.2),
+    ("retinanet_fec_s_fpn_1x_coco.yaml", (8, 11), 0.1),
+])
+def test_lr_schedule_is_the_official_one(config, steps, gamma):
+    """Detectron2's scheduler from our configs gives, iteration by iteration, the lr of mmcv's epoch-based step
+    policy with linear warm-up (official schedule_1x.py; RetinaNet: mmdet's, as PVT v2's RetinaNet uses)."""
+    from detectron2.solver import build_lr_scheduler
+
+    cfg = make_cfg(config)
+    scheduler = build_lr_scheduler(cfg, torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.SOLVER.BASE_LR))
+    e = 7330
+    for it in (0, 1, 250, 499, 500, 8 * e - 1, 8 * e, 9 * e - 1, 9 * e, 11 * e - 1, 11 * e, 12 * e - 1):
+        got = scheduler._multiplier(it / cfg.SOLVER.MAX_ITER)
+        assert got == pytest.approx(_mmcv_lr(it, steps=steps, gamma=gamma), rel=1e-9), it
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,6 @@ setup(
         # OpenCV: the ADE20K pipeline decodes, resizes and distorts images as mmcv does (cv2)
         "seg": ["segmentation-models-pytorch>=0.5", "torchmetrics>=1.0", "tensorboard", "lightning>=2.5",
                 "opencv-python-headless"],
-        # torch-scatter builds against the installed torch: pip install --no-build-isolation torch-scatter
-        "scatter": ["torch-scatter>=2.1"],
         "dev": ["pytest>=7", "einops", "GitPython", "onnx", "onnxruntime", "onnxscript", "tensorboard", "matplotlib",
                 "scikit-learn"],
     },

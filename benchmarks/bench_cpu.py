@@ -4,8 +4,8 @@ Measures, each case in a fresh process (so peak memory is that case's own):
   * the clustering op alone (forward + backward) at the shapes of stage 1;
   * the whole model, forward + backward, at 224 px (batch 32, classification preset) and at
     detection resolution (800x1344, batch 1, detection preset);
-  * the CPU clustering backends (torch, torch_scatter) on the op, to pick the default (the fused
-    ``triton`` backend is for GPUs: ``bench_gpu.py``).
+  * the CPU clustering backends (torch, matmul) on the op (the fused ``triton`` backend is for GPUs:
+    ``bench_gpu.py``).
 
     python benchmarks/bench_cpu.py            # everything (a few minutes on 2 cores)
     python benchmarks/bench_cpu.py --quick    # smaller shapes, a smoke run
@@ -119,7 +119,7 @@ def main(argv: List[str] | None = None) -> None:
     # Detection layout: stage 1 at 800x1344 with 2x2 folds -> G=16 maps of 24 x 100 x 168, 7x7 centres.
     det_shape = (4, 24, 50, 84, 7) if args.quick else (16, 24, 100, 168, 7)
     ref = _run(_op_case, "reference", det_shape, repeats, "torch")
-    ours = _run(_op_case, "ours", det_shape, repeats, backends[-1] if len(backends) > 1 else "torch")
+    ours = _run(_op_case, "ours", det_shape, repeats, "torch")
     rows.append((f"cluster op fwd+bwd {det_shape[:4]}, M=49", ref, ours))
 
     batch, size = (4, (224, 224)) if args.quick else (32, (224, 224))

@@ -54,7 +54,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, nargs=2, default=(224, 224))
     parser.add_argument("--preset", default="classification", choices=sorted(fec_backbone.PRESETS))
-    parser.add_argument("--backend", default="torch", choices=("torch", "matmul", "torch_scatter", "triton"))
+    parser.add_argument("--backend", default="torch", choices=cluster_ops.BACKENDS)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument("--top", type=int, default=20, help="operators to list")
     parser.add_argument("--trace", help="also write a Chrome trace to this file")

@@ -491,7 +491,7 @@ def cluster_mix(points, centers, values, center_values, alpha, beta) -> Tuple[to
     index = _nearest_op(*detached, sigmoid=True)
     units = (torch.nn.functional.normalize(t, dim=-1) for t in (points, centers))
     sim = chosen_similarity(*units, index, alpha, beta)
-    return dispatch(aggregate(values, center_values, index, "torch"), sim, index), index
+    return dispatch(aggregate(values, center_values, index), sim, index), index
 
 
 def cluster_pool(points, centers, values, center_values) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -500,7 +500,7 @@ def cluster_pool(points, centers, values, center_values) -> Tuple[torch.Tensor, 
         return cluster_ops.cluster_pool(points, centers, values, center_values, backend="torch")
     scalar = points.new_zeros(1)
     index = _nearest_op(points.detach(), centers.detach(), scalar, scalar, sigmoid=False)
-    return aggregate(values, center_values, index, "torch"), index
+    return aggregate(values, center_values, index), index
 
 
 cluster_ops.register_kernels("triton", cluster_mix, cluster_pool)

@@ -14,9 +14,9 @@ projections around the step are plain matrix products with no transpose copies.
 
 Backends: ``"torch"`` (native ``scatter_add_``, always available), ``"matmul"`` (always available: the
 scatter-add and gathers as batched matrix products with the one-hot assignment ``[G, N, M]`` where the
-centres are few, :data:`MATMUL_MAX_CENTRES`; no atomic adds, float32 accumulation in low precision),
-``"torch_scatter"`` (the optional ``torch-scatter`` extension for the scatter-add) and ``"triton"`` (the
-whole step as fused Triton kernels, :mod:`fec_backbone.cluster_kernels`; CUDA, or Triton's interpreter). Choose one with
+centres are few, :data:`MATMUL_MAX_CENTRES`; no atomic adds, float32 accumulation in low precision) and
+``"triton"`` (the whole step as fused Triton kernels, :mod:`fec_backbone.cluster_kernels`; CUDA, or Triton's
+interpreter); each is the best somewhere (``benchmarks/results/README.md``). Choose one with
 :func:`set_backend` or the ``FEC_CLUSTER_BACKEND`` environment variable. The default, ``"auto"``,
 resolves per call from the tensors' device (:func:`resolve_backend`): ``"torch"`` on the CPU (the
 fastest there, ``benchmarks/bench_cpu.py``) and :data:`CUDA_DEFAULT_BACKEND` on CUDA.
@@ -46,11 +46,13 @@ __all__ = [
     "get_backend",
     "set_backend",
     "resolve_backend",
+    "BACKENDS",
     "CUDA_DEFAULT_BACKEND",
     "MATMUL_MAX_CENTRES",
 ]
 
-_BACKENDS = ("torch", "matmul", "torch_scatter", "triton")
+#: The clustering backends (see the module docstring); ``"auto"`` chooses one per device.
+BACKENDS = ("torch", "matmul", "triton")
 
 #: The backend ``"auto"`` uses for CUDA tensors: the fastest eager backend measured on a GPU
 #: (``benchmarks/results/README.md``). For compiled inference ``"matmul"`` measured faster: choose it there.
@@ -59,14 +61,6 @@ CUDA_DEFAULT_BACKEND = "torch"
 #: (up to 128/24 times the size of the values): every block's mixer. Clustering pools, a centre per
 #: 2x2 pixels, keep the scatter-add, where few points share a centre.
 MATMUL_MAX_CENTRES = 128
-
-
-def _torch_scatter_available() -> bool:
-    try:
-        import torch_scatter  # noqa: F401
-    except (ImportError, OSError):
-        return False
-    return True
 
 
 def interpreting() -> bool:
@@ -84,20 +78,15 @@ def _triton_available() -> bool:
 
 def available_backends() -> Tuple[str, ...]:
     """The clustering backends that work in this environment."""
-    usable = {"torch": True, "matmul": True, "torch_scatter": _torch_scatter_available(), "triton": _triton_available()}
-    return tuple(b for b in _BACKENDS if usable[b])
+    usable = {"torch": True, "matmul": True, "triton": _triton_available()}
+    return tuple(b for b in BACKENDS if usable[b])
 
 
 def _checked(name: str) -> str:
     if name == "auto":
         return name
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown clustering backend {name!r}; choose 'auto' or one of {_BACKENDS}")
-    if name == "torch_scatter" and not _torch_scatter_available():
-        raise ImportError(
-            "clustering backend 'torch_scatter' needs the torch-scatter package: "
-            "pip install 'fec-backbone[scatter]' (or use the always-available 'torch' backend)"
-        )
+    if name not in BACKENDS:
+        raise ValueError(f"unknown clustering backend {name!r}; choose 'auto' or one of {BACKENDS}")
     if name == "triton" and not _triton_available():
         raise RuntimeError(
             "clustering backend 'triton' needs the triton package and a CUDA GPU (or TRITON_INTERPRET=1 "
@@ -116,8 +105,8 @@ def register_kernels(name: str, mix: Callable[..., Tuple[torch.Tensor, torch.Ten
                      pool: Callable[..., Tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Make backend ``name`` (one of the known backends) run ``mix`` and ``pool``, which take the arguments
     of :func:`cluster_mix` and :func:`cluster_pool` but ``backend``."""
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown clustering backend {name!r}; choose one of {_BACKENDS}")
+    if name not in BACKENDS:
+        raise ValueError(f"unknown clustering backend {name!r}; choose one of {BACKENDS}")
     _KERNELS[name] = (mix, pool)
 
 
@@ -192,7 +181,7 @@ def _points_per_slice(centres: int) -> int:
     return max(1024, (1 << 22) // max(centres, 1))
 
 
-def _best_index(
+def _sliced_best_index(
     units: torch.Tensor, points: torch.Tensor, alpha: Optional[torch.Tensor], beta: Optional[torch.Tensor]
 ) -> torch.Tensor:
     """Argmax over centres, a slice of points at a time, of unit-vector similarities (detached)."""
@@ -204,6 +193,32 @@ def _best_index(
             sim = torch.sigmoid(beta.detach() + alpha.detach() * sim)
         picks.append(sim.argmax(dim=1))
     return torch.cat(picks, dim=1)
+
+
+@torch.library.custom_op("fec::best_index", mutates_args=())
+def _best_index_op(units: torch.Tensor, points: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
+                   sigmoid: bool) -> torch.Tensor:
+    """:func:`_sliced_best_index` as one opaque op for ``torch.compile``: the number of slices follows the
+    point count, so traced through, every new map size would be a new graph (a guard on the loop length)."""
+    return _sliced_best_index(units, points, alpha if sigmoid else None, beta if sigmoid else None)
+
+
+@_best_index_op.register_fake
+def _(units, points, alpha, beta, sigmoid):
+    return points.new_empty(points.shape[:2], dtype=torch.int64)
+
+
+def _best_index(
+    units: torch.Tensor, points: torch.Tensor, alpha: Optional[torch.Tensor], beta: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """Index ``[G, N]`` of each point's most similar unit centre (:func:`_sliced_best_index`; one op when
+    compiled)."""
+    if torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export():
+        sigmoid = alpha is not None and beta is not None
+        scalar = units.new_zeros(1)
+        return _best_index_op(units.detach(), points.detach(), alpha.detach() if sigmoid else scalar,
+                              beta.detach() if sigmoid else scalar, sigmoid)
+    return _sliced_best_index(units, points, alpha, beta)
 
 
 def nearest_centre(
@@ -237,7 +252,7 @@ def chosen_similarity(
     return torch.sigmoid(beta + alpha * (unit_points * own).sum(-1))
 
 
-def _cluster_sums(values: torch.Tensor, index: torch.Tensor, centres: int, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
+def _cluster_sums(values: torch.Tensor, index: torch.Tensor, centres: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-centre sums of the member values ``[G, M, D]`` and member counts ``[G, M, 1]``, accumulated in
     float32 at least: on CUDA the scatter-add is one atomic add per member, each rounded to the
     accumulator's dtype, so a bfloat16 count stops at 256 and a bfloat16 sum of hundreds of members
@@ -247,24 +262,20 @@ def _cluster_sums(values: torch.Tensor, index: torch.Tensor, centres: int, backe
     counts = torch.zeros(g, centres, 1, dtype=dtype, device=values.device)
     counts = counts.scatter_add(1, index.unsqueeze(-1), torch.ones(g, n, 1, dtype=dtype, device=values.device))
     expanded, values = index.unsqueeze(-1).expand(g, n, d), values.to(dtype)
-    if backend == "torch_scatter":
-        from torch_scatter import scatter_sum
-
-        return scatter_sum(values, expanded, dim=1, dim_size=centres), counts
     return values.new_zeros(g, centres, d).scatter_add(1, expanded, values), counts
 
 
 @torch.library.custom_op("fec::cluster_sums", mutates_args=())
-def _cluster_sums_op(values: torch.Tensor, index: torch.Tensor, centres: int, use_torch_scatter: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+def _cluster_sums_op(values: torch.Tensor, index: torch.Tensor, centres: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """:func:`_cluster_sums` as one opaque op for ``torch.compile``: Inductor calls the eager scatter
     kernel instead of lowering the scatter-add into its own kernel, a fused kernel of atomic adds into the
     few centres, which serialise (on a GPU that lowering made the compiled model slower than eager;
     ``benchmarks/results/README.md``)."""
-    return _cluster_sums(values, index, centres, "torch_scatter" if use_torch_scatter else "torch")
+    return _cluster_sums(values, index, centres)
 
 
 @_cluster_sums_op.register_fake
-def _(values, index, centres, use_torch_scatter):
+def _(values, index, centres):
     g, _, d = values.shape
     dtype = torch.promote_types(values.dtype, torch.float32)
     return values.new_empty(g, centres, d, dtype=dtype), values.new_empty(g, centres, 1, dtype=dtype)
@@ -278,7 +289,7 @@ def _cluster_sums_setup(ctx, inputs, output) -> None:
 def _cluster_sums_backward(ctx, grad_sums, grad_counts):
     (index,) = ctx.saved_tensors
     grad_values = grad_sums.gather(1, index.unsqueeze(-1).expand(*index.shape, grad_sums.shape[-1]))
-    return grad_values.to(ctx.values_dtype), None, None, None
+    return grad_values.to(ctx.values_dtype), None, None
 
 
 _cluster_sums_op.register_autograd(_cluster_sums_backward, setup_context=_cluster_sums_setup)
@@ -297,7 +308,6 @@ def aggregate(
     values: torch.Tensor,
     center_values: torch.Tensor,
     index: torch.Tensor,
-    backend: Optional[str] = None,
     assignment: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Mean of each cluster's members together with its centre value.
@@ -312,11 +322,10 @@ def aggregate(
     if assignment is not None:
         sums = torch.bmm(assignment.transpose(1, 2), values)
         return _mean_with_centre(sums, assignment.sum(1, dtype=torch.float32).unsqueeze(-1), center_values, values.dtype)
-    backend = resolve_backend(backend, values.device)
     if torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export():
-        sums, counts = _cluster_sums_op(values, index, m, backend == "torch_scatter")
+        sums, counts = _cluster_sums_op(values, index, m)
     else:
-        sums, counts = _cluster_sums(values, index, m, backend)
+        sums, counts = _cluster_sums(values, index, m)
     return _mean_with_centre(sums, counts, center_values, values.dtype)
 
 
@@ -369,7 +378,7 @@ def cluster_mix(
         best = chosen_similarity(unit_points, unit_centers, index, alpha, beta)
     else:
         best, index = torch.sigmoid(beta + alpha * cosine_similarity(centers, points)).max(dim=1)
-    return dispatch(aggregate(values, center_values, index, backend), best, index), index
+    return dispatch(aggregate(values, center_values, index), best, index), index
 
 
 @register_notrace_function
@@ -391,4 +400,4 @@ def cluster_pool(
         return _KERNELS[backend][1](points, centers, values, center_values)
     index = nearest_centre(centers, points)
     assignment = one_hot_assignment(index, centers.shape[1], values.dtype) if _uses_matmul(backend, centers.shape[1]) else None
-    return aggregate(values, center_values, index, backend, assignment), index
+    return aggregate(values, center_values, index, assignment), index

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Create or update the project environment: .venv at the repository root with torch 2.14.1,
-# the package in editable mode with all extras, torch-scatter and Detectron2 main (official git
-# route, else the vendored snapshot in ../shared/vendor built once and cached as a wheel).
-# Re-running is cheap: pip reuses its cache (torch-scatter's 5-minute build included) and the
-# Detectron2 installer keeps a working install.
+# the package in editable mode with all extras and Detectron2 main (official git route, else the
+# vendored snapshot in ../shared/vendor built once and cached as a wheel).
+# Re-running is cheap: pip reuses its cache and the Detectron2 installer keeps a working install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -23,9 +22,6 @@ $PIP torch==2.14.1 torchvision==0.29.1
 
 log "fec-backbone (editable) with extras d2, seg, dev"
 $PIP -e ".[d2,seg,dev]"
-
-log "torch-scatter (extra 'scatter'; built against this torch once, then taken from pip's cache)"
-$PY -c "import torch_scatter" 2>/dev/null || $PIP --no-build-isolation "torch-scatter>=2.1"
 
 log "Detectron2 (scripts/install_detectron2.py says which route it took)"
 $PY scripts/install_detectron2.py

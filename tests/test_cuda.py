@@ -32,8 +32,8 @@ def test_bf16_cluster_means_of_large_clusters(backend):
     values = (torch.randn(g, n, d, device="cuda") + 2.0).bfloat16()
     center_values = torch.randn(g, m, d, device="cuda").bfloat16()
     index = torch.randint(0, m, (g, n), device="cuda")
-    exact = cluster_ops.aggregate(values.double(), center_values.double(), index, "torch")
+    exact = cluster_ops.aggregate(values.double(), center_values.double(), index)
     assignment = cluster_ops.one_hot_assignment(index, m, values.dtype) if backend == "matmul" else None
-    ours = cluster_ops.aggregate(values, center_values, index, backend, assignment)
+    ours = cluster_ops.aggregate(values, center_values, index, assignment)
     assert ours.dtype == torch.bfloat16
     assert rel_err(ours.double(), exact) < 1e-2, f"{backend}: {rel_err(ours.double(), exact):.2e}"

@@ -32,6 +32,7 @@ from timm.utils import ModelEmaV3, NativeScaler, init_distributed_device, random
 from torch.utils.data import DataLoader, DistributedSampler
 
 import fec_backbone  # noqa: F401  (registers the FEC models with timm)
+from fec_backbone import cluster_ops
 from classification.data import (DatasetError, ImageReadError, ShardSampler, build_dataset, class_counts,
                                  posterize_to_any_bits)
 from classification.engine import (
@@ -129,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-hist", type=int, default=3, help="epoch checkpoints kept (best by top-1)")
     g.add_argument("--log-interval", type=int, default=50, help="steps between progress lines")
     g.add_argument("--log-tb", **flag, help="also write TensorBoard scalars to <output>/tb")
+    g = p.add_argument_group("speed (none changes what is learned)")
+    g.add_argument("--torchcompile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile the training model with this backend (timm's flag; alone: inductor)")
+    g.add_argument("--torchcompile-mode", default=None, help="torch.compile mode (default, reduce-overhead, ...)")
+    g.add_argument("--cluster-backend", default="auto", choices=["auto", *cluster_ops.BACKENDS],
+                   help="FEC clustering backend (auto: torch on the CPU, cluster_ops.CUDA_DEFAULT_BACKEND on CUDA)")
     return p
 
 
@@ -136,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 _NOT_RESUMED = {"resume", "output", "config", "rank", "local_rank", "world_size", "distributed", "device", "threads"}
 #: settings a resumed run may change (they do not change the training trajectory); any other change is refused
 RUN_ONLY = sorted(_NOT_RESUMED | {"data_dir", "workers", "log_interval", "log_tb", "checkpoint_hist",
-                                  "validation_batch_size"})
+                                  "validation_batch_size", "torchcompile", "torchcompile_mode", "cluster_backend"})
 
 
 def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Optional[Dict[str, Any]]]:
@@ -189,6 +196,7 @@ def _serialisable(args: argparse.Namespace) -> Dict[str, Any]:
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     """Train; returns the metrics of the last epoch (and ``output``, the run folder)."""
     args, resume_state = parse_args(argv)
+    cluster_ops.set_backend(args.cluster_backend)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device is None:
@@ -329,6 +337,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
         log(f"distributed: {args.world_size} processes, backend {torch.distributed.get_backend()}")
+    if args.torchcompile:  # after DDP, as timm's train.py; checkpoints save `model`, whose keys stay plain
+        train_model = torch.compile(train_model, backend=args.torchcompile, mode=args.torchcompile_mode)
+        log(f"torch.compile: backend {args.torchcompile}, mode {args.torchcompile_mode or 'default'} (the first "
+            "steps compile)")
 
     def checkpoint_state(epoch: int) -> Dict[str, Any]:
         state = dict(arch=args.model, state_dict=model.state_dict(), optimizer=optimizer.state_dict(),

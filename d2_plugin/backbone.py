@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import timm
 import torch
@@ -25,6 +25,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 
 import fec_backbone
+from fec_backbone import cluster_ops
 from fec_backbone.fec import ClusterMixer, ClusterPool
 
 from .config import WEIGHTS_REMOVED
@@ -39,6 +40,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
+#: Graphs (padded sizes x train/eval) a compiled backbone may hold before Dynamo falls back to eager:
+#: COCO's shortest edge 800 and longest 1333 padded to 128 give 5 sizes per side, 25 shapes, twice.
+MAX_COMPILED_SIZES = 64
 
 
 class FECBackbone(Backbone):
@@ -125,9 +129,26 @@ class FECBackbone(Backbone):
             module.eval()
         return self
 
+    def compile_static(self, size_divisibility: int = 128, mode: Optional[str] = None,
+                       backend: Union[str, Callable] = "inductor") -> "FECBackbone":
+        """Compile the backbone in place (``nn.Module.compile``: state-dict keys unchanged) with static shapes,
+        and make Detectron2 pad each batch to a multiple of ``size_divisibility`` (a multiple of the
+        backbone's own), so that the compiled backbone meets a few padded sizes, one graph each, instead of
+        a new size for nearly every batch. Why static buckets and not dynamic shapes:
+        ``docs/implementation.md``. Dynamo's recompile limit is raised to :data:`MAX_COMPILED_SIZES` so that
+        every bucket stays compiled."""
+        if size_divisibility % self._size_divisibility:
+            raise ValueError(f"MODEL.FEC.COMPILE_SIZE_DIVISIBILITY {size_divisibility} must be a multiple of the "
+                             f"backbone's size divisibility {self._size_divisibility}")
+        self._size_divisibility = size_divisibility
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, MAX_COMPILED_SIZES)
+        self.compile(dynamic=False, mode=mode, backend=backend)
+        return self
+
     @property
     def size_divisibility(self) -> int:
-        """32, or more if a stage's folds need it (each fold must divide its stage's map)."""
+        """32, or more if a stage's folds need it (each fold must divide its stage's map), or the compiled
+        backbone's bucket size (:meth:`compile_static`)."""
         return self._size_divisibility
 
     @property
@@ -151,7 +172,8 @@ def _fec_from_cfg(cfg: CfgNode, input_shape: ShapeSpec) -> FECBackbone:
     c = cfg.MODEL.FEC
     if "WEIGHTS" in c:  # set in Python: merging it from a file or the command line already fails
         raise ValueError(WEIGHTS_REMOVED)
-    return FECBackbone(
+    cluster_ops.set_backend(c.CLUSTER_BACKEND)
+    backbone = FECBackbone(
         name=c.NAME,
         out_features=c.OUT_FEATURES,
         preset=c.PRESET,
@@ -162,6 +184,9 @@ def _fec_from_cfg(cfg: CfgNode, input_shape: ShapeSpec) -> FECBackbone:
         in_chans=input_shape.channels,
         grad_checkpointing=c.GRAD_CHECKPOINT,
     )
+    if c.COMPILE:
+        backbone.compile_static(c.COMPILE_SIZE_DIVISIBILITY, c.COMPILE_MODE or None, c.COMPILE_BACKEND)
+    return backbone
 
 
 def _check_fpn_inputs(cfg: CfgNode, bottom_up: FECBackbone) -> List[str]:

@@ -27,6 +27,12 @@ def add_fec_config(cfg: CN) -> None:
     * ``FREEZE_AT``: 0 trains everything; 1 freezes the stem; ``k`` >= 2 also freezes stages
       ``res2`` .. ``res<k>`` (as ``MODEL.BACKBONE.FREEZE_AT`` for ResNets, which FEC ignores).
     * ``GRAD_CHECKPOINT``: recompute the stages in the backward pass to save memory.
+    * ``CLUSTER_BACKEND``: the clustering backend (``auto``, ``torch``, ``matmul``, ``triton``;
+      :mod:`fec_backbone.cluster_ops`).
+    * ``COMPILE``: ``torch.compile`` the backbone, with static shapes on padded sizes (off by default: the
+      speed-up is not measured on a GPU yet; see ``docs/detectron2.md``). ``COMPILE_SIZE_DIVISIBILITY``: what
+      Detectron2 pads each batch to then (128: a few sizes, one graph each). ``COMPILE_MODE``: torch.compile's
+      mode (``""``: default; ``reduce-overhead`` for CUDA graphs). ``COMPILE_BACKEND``: its backend.
 
     ``SOLVER.WEIGHT_DECAY_FEC_SCALARS``: the weight decay of FEC's clustering alpha/beta and layer scales;
     None (default) follows ``SOLVER.WEIGHT_DECAY``, as the official recipe decays every parameter. 0.0 (with
@@ -42,6 +48,11 @@ def add_fec_config(cfg: CN) -> None:
     cfg.MODEL.FEC.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.FEC.FREEZE_AT = 0
     cfg.MODEL.FEC.GRAD_CHECKPOINT = False
+    cfg.MODEL.FEC.CLUSTER_BACKEND = "auto"
+    cfg.MODEL.FEC.COMPILE = False
+    cfg.MODEL.FEC.COMPILE_SIZE_DIVISIBILITY = 128
+    cfg.MODEL.FEC.COMPILE_MODE = ""
+    cfg.MODEL.FEC.COMPILE_BACKEND = "inductor"
     cfg.SOLVER.WEIGHT_DECAY_FEC_SCALARS = None
     # ImageNet weights are MODEL.WEIGHTS now: the old key fails on merge (file or command line), saying so
     if not cfg.key_is_renamed("MODEL.FEC.WEIGHTS"):

@@ -81,7 +81,7 @@ class ConfigRecord:
 
     #: settings that do not change the training trajectory
     RUN_ONLY = ("OUTPUT_DIR", "DATALOADER.NUM_WORKERS", "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD", "VIS_PERIOD",
-                "DATASETS.TEST")
+                "DATASETS.TEST", "MODEL.FEC.CLUSTER_BACKEND", "MODEL.FEC.COMPILE_MODE", "MODEL.FEC.COMPILE_BACKEND")
 
     def __init__(self, cfg):
         self.config = yaml.safe_load(cfg.dump())

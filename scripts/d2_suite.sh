@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PY=${1:-.venv/bin/python}
 shift $(( $# > 0 ? 1 : 0 ))
 [ "${1:-}" = "--" ] && shift
-TESTS=(tests/test_d2_backbone.py tests/test_d2_data.py tests/test_d2_train.py)
+TESTS=(tests/test_d2_*.py)
 export FEC_REQUIRE_DETECTRON2=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 start=$SECONDS
 # Main still calls itself 0.6; it is told from v0.6 by its detectron2.tracking package.

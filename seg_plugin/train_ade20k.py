@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader, Subset
 
 import segmentation_models_pytorch as smp
 
+from fec_backbone import cluster_ops
 from fec_backbone.checkpoint import CheckpointError, read_checkpoint, read_fec_weights
 from fec_backbone.model_zoo import resolve_config
 from fec_backbone.training import (ResumableSampler, ResumeConfigError, atomic_save, capture_rng_state,
@@ -71,7 +72,7 @@ __all__ = ["ConfigError", "Interrupted", "ModelPlan", "SegmentationModule", "bui
 CHECKPOINT = "last.ckpt"
 #: Settings a resumed run may change (they do not change the training trajectory); fnmatch patterns.
 RUN_ONLY = ("data.root", "data.workers", "train.*_interval", "train.eval_at_start", "train.tensorboard",
-            "train.progress", "train.cpu_threads")
+            "train.progress", "train.cpu_threads", "train.compile", "train.compile_mode", "train.cluster_backend")
 
 # The reference recipe (FEC's ``fpn_fec_*_ade20k_80k`` mmseg configs); config files override it.
 _C = CfgNode({
@@ -85,7 +86,9 @@ _C = CfgNode({
     "train": {"iterations": 80000, "batch_size": 16, "grad_accum": 1, "amp": False, "sync_batchnorm": True,
               "seed": 0, "deterministic": False,
               "eval_interval": 8000, "eval_at_start": False, "checkpoint_interval": 8000, "log_interval": 50,
-              "tensorboard": True, "progress": True, "device": "auto", "cpu_threads": None},
+              "tensorboard": True, "progress": True, "device": "auto", "cpu_threads": None,
+              # speed, not what is learned: torch.compile of the training step, FEC's clustering backend
+              "compile": "", "compile_mode": "", "cluster_backend": "auto"},
 })
 #: What the trainer did before a setting existed, for checkpoints written then (resuming compares settings):
 #: the loss was divided by the labelled pixels, BatchNorm was not synchronised.
@@ -373,9 +376,20 @@ class SegmentationModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
+    def train_forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The model on a training batch: compiled with ``train.compile`` (a torch.compile backend, e.g.
+        ``inductor``), on the fixed crop size, so one graph serves every step. Evaluation runs the eager model:
+        its images keep their aspect ratios, so their sizes vary, and padding them to a few compiled sizes
+        would change the official protocol's numbers. The compiled function stays out of the module tree,
+        so checkpoints hold each weight once, under the model's own keys."""
+        if self.cfg.train.compile and "_compiled" not in self.__dict__:
+            self.__dict__["_compiled"] = torch.compile(self.model, backend=self.cfg.train.compile,
+                                                       mode=self.cfg.train.compile_mode or None)
+        return self.__dict__.get("_compiled", self.model)(images)
+
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        loss = segmentation_loss(self.model(images), labels, self.cfg.loss.avg_non_ignore)
+        loss = segmentation_loss(self.train_forward(images), labels, self.cfg.loss.avg_non_ignore)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at iteration {self.global_step + 1}")
         self.log("train/loss", loss, prog_bar=True)
@@ -524,13 +538,15 @@ def train(cfg: CfgNode, out_dir: str | os.PathLike, resume: Optional[str | os.Pa
     ``mIoU``, ``aAcc``, per-class ``IoU``, ``images``, ``iteration``), ``initial`` (with
     ``train.eval_at_start``), ``sec_per_iter``, ``iterations`` and ``unused_parameters``; ``callbacks``
     are further Lightning callbacks."""
-    threads = torch.get_num_threads()
+    threads, backend = torch.get_num_threads(), cluster_ops.get_backend()
     if cfg.train.cpu_threads is not None:
         torch.set_num_threads(cfg.train.cpu_threads)
+    cluster_ops.set_backend(cfg.train.cluster_backend)
     try:
         return _train(cfg, Path(out_dir), resume, list(callbacks))
     finally:
         torch.set_num_threads(threads)
+        cluster_ops.set_backend(backend)
 
 
 def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike], callbacks: List[Callback]) -> Dict[str, Any]:

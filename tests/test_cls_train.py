@@ -93,10 +93,11 @@ def test_cooldown_epochs_are_trained_at_the_minimum_lr(tiny, tmp_path):
     assert (in1k.epochs, in1k.cooldown_epochs, in1k.warmup_epochs) == (300, 10, 5)
 
 
-def test_resume_after_kill_continues_identically(tiny, tmp_path):
+@pytest.mark.parametrize("speed", [[], ["--torchcompile", "aot_eager"]], ids=["eager", "compiled"])
+def test_resume_after_kill_continues_identically(tiny, tmp_path, speed):
     # the full reference recipe (RandAugment, mixup/cutmix, random erasing, smoothing, drop path) with EMA
-    # and a loader worker, so that every random source must be restored
-    args = ["-c", IN1K_CFG, "--data-dir", tiny, "--img-size", "32", "-b", "8", "--epochs", "2", "--cooldown-epochs", "0",
+    # and a loader worker, so that every random source must be restored; also compiled
+    args = speed + ["-c", IN1K_CFG, "--data-dir", tiny, "--img-size", "32", "-b", "8", "--epochs", "2", "--cooldown-epochs", "0",
             "--warmup-epochs", "1", "--workers", "1", "--model-ema", "--no-amp", "--threads", "1",
             "--log-interval", "1"]
     straight = str(tmp_path / "straight")
@@ -194,3 +195,26 @@ def test_config_with_unknown_key_is_rejected(tmp_path, capsys):
         train.parse_args(["-c", str(cfg)])
     err = capsys.readouterr().err
     assert "unknown keys in" in err and "learning_rate" in err
+
+
+def test_torchcompile_trains_the_same_run_and_checkpoints_plain_keys(tiny, tmp_path):
+    """``--torchcompile`` (timm's flag; here the ``aot_eager`` backend: dynamo and AOTAutograd, which decide what
+    the graph computes, without Inductor's code generation, too slow for CI on a CPU) and ``--cluster-backend``
+    change how a run computes, not what it learns: the same losses and weights as the eager run within float
+    rounding (relative to each tensor's scale), checkpoint keys without ``_orig_mod.``, an EMA (the exact
+    resume of a compiled run: test_resume_after_kill_continues_identically)."""
+    common = ["-c", TOY_CFG, "--data-dir", tiny, "--img-size", "32", "-b", "8", "--epochs", "2", "--workers", "0",
+              "--threads", "1", "--model-ema", "--model-ema-decay", "0.9"]
+    eager = train.main(common + ["--output", str(tmp_path / "eager")])
+    compiled = train.main(common + ["--output", str(tmp_path / "compiled"), "--torchcompile", "aot_eager",
+                                    "--cluster-backend", "matmul"])
+    assert abs(compiled["train"]["loss"] - eager["train"]["loss"]) <= 1e-4 * abs(eager["train"]["loss"])
+    a = torch.load(tmp_path / "eager" / "last.pth.tar", weights_only=True)
+    b = torch.load(tmp_path / "compiled" / "last.pth.tar", weights_only=True)
+    assert a["state_dict"].keys() == b["state_dict"].keys() and not any("_orig_mod" in k for k in b["state_dict"])
+    for key in ("state_dict", "state_dict_ema"):
+        for name, value in a[key].items():
+            if value.is_floating_point():
+                scale = value.abs().max().item() or 1.0
+                assert (b[key][name] - value).abs().max().item() <= 1e-4 * scale, (key, name)
+    assert b["args"]["torchcompile"] == "aot_eager" and b["args"]["cluster_backend"] == "matmul"

@@ -329,3 +329,64 @@ def test_size_divisibility_follows_folds():
     assert tuple(model.preprocess_image(inputs).tensor.shape[-2:]) == (128, 128)
     with torch.no_grad():
         model(inputs)
+
+
+def test_compiled_backbone_meets_a_bounded_number_of_padded_sizes():
+    """MODEL.FEC.COMPILE: 20 batches resized as Detectron2 resizes them (shortest edge from a range, longest
+    capped), padded by ``ImageList`` to the compiled backbone's size divisibility (128), pass a backbone
+    compiled with static shapes. Bound: one graph per distinct padded batch size (here shortest edges 100-160
+    and longest up to 256 give padded sides of 128 or 256, so at most 2 x 2 = 4), never one per batch,
+    and every output and gradient equals the eager backbone's. Checkpoint keys stay plain. (The ``aot_eager``
+    backend: dynamo and AOTAutograd decide the graphs and what they compute; Inductor's code generation is too
+    slow for CI on a CPU, and tests/test_compile.py checks it on the model.)"""
+    import random
+
+    from detectron2.data.transforms import ResizeShortestEdge
+    from detectron2.structures import ImageList
+    from torch._dynamo.backends.registry import lookup_backend
+
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(tuple(t.shape for t in example_inputs if isinstance(t, torch.Tensor) and t.ndim == 4))
+        return lookup_backend("aot_eager")(gm, example_inputs)
+
+    torch._dynamo.reset()
+    eager = d2_plugin.FECBackbone("fec_small", out_features=["res2", "res5"]).double()
+    compiled = d2_plugin.FECBackbone("fec_small", out_features=["res2", "res5"]).double()
+    compiled.load_state_dict(eager.state_dict())
+    assert compiled.compile_static(128, backend=counting) is compiled
+    assert compiled.size_divisibility == 128 and list(compiled.state_dict()) == list(eager.state_dict())
+    resize = ResizeShortestEdge((100, 160), max_size=256, sample_style="range")
+    rng = random.Random(0)
+    shapes = set()
+    for _ in range(20):
+        h, w = rng.randint(100, 400), rng.randint(100, 400)
+        step = resize.get_transform(torch.zeros(h, w, 3).numpy())
+        out_h, out_w = step.new_h, step.new_w
+        x = ImageList.from_tensors([torch.randn(3, out_h, out_w, dtype=torch.float64)],
+                                   size_divisibility=compiled.size_divisibility).tensor.requires_grad_()
+        shapes.add(tuple(x.shape))
+        ours, theirs = compiled(x), eager(x)
+        for name in ours:
+            assert (ours[name] - theirs[name]).abs().max() <= 1e-10 * theirs[name].abs().max(), name
+        grad_ours, = torch.autograd.grad(sum(m.square().sum() for m in ours.values()), x)
+        grad_eager, = torch.autograd.grad(sum(m.square().sum() for m in theirs.values()), x)
+        assert (grad_ours - grad_eager).abs().max() <= 1e-10 * grad_eager.abs().max()
+    assert all(s[2] % 128 == 0 and s[3] % 128 == 0 for s in shapes)
+    assert 1 < len(shapes) <= 4 and len(graphs) == len(shapes), (sorted(shapes), graphs)
+    torch._dynamo.reset()
+
+
+def test_compile_options_in_the_config():
+    cfg = make_cfg("mask_rcnn_fec_s_fpn_1x_coco.yaml", "MODEL.FEC.COMPILE", True, "MODEL.FEC.COMPILE_BACKEND", "eager",
+                   "MODEL.FEC.CLUSTER_BACKEND", "matmul")
+    try:
+        fpn = build_backbone(cfg)
+        assert fpn.size_divisibility == 128 and fpn.bottom_up.size_divisibility == 128
+        assert fec_backbone.cluster_ops.get_backend() == "matmul"
+        with pytest.raises(ValueError, match="must be a multiple of the backbone's size divisibility 32"):
+            d2_plugin.FECBackbone("fec_small").compile_static(100)
+    finally:
+        fec_backbone.cluster_ops.set_backend("auto")
+        torch._dynamo.reset()

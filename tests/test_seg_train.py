@@ -17,11 +17,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
+from fec_backbone import cluster_ops
 from fec_backbone.checkpoint import CheckpointError
-from fec_backbone.training import ResumeConfigError
+from fec_backbone.training import ResumableSampler, ResumeConfigError
+from seg_plugin.data import ADE20KDataset
 from seg_plugin.toy_data import generate
-from seg_plugin.train_ade20k import (CHECKPOINT, ConfigError, SegmentationModule, _unused_parameters, build_model,
-                                     load_config, train)
+from seg_plugin.train_ade20k import (CHECKPOINT, ConfigError, SegmentationModule, _augment, _unused_parameters,
+                                     build_model, load_config, segmentation_loss, train)
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "segmentation"
@@ -81,12 +83,14 @@ def test_training_on_toy_data_beats_the_untrained_model(toy, tmp_path, capsys):
     assert saved.encoder.model.model.stages[0].blocks[0].token_mixer.proposals == (2, 2)
 
 
-def test_interrupted_run_resumes_to_the_identical_result(toy, tmp_path):
+@pytest.mark.parametrize("compile_backend", ["", "aot_eager"], ids=["eager", "compiled"])
+def test_interrupted_run_resumes_to_the_identical_result(toy, tmp_path, compile_backend):
     """Uninterrupted 8 iterations vs. a crash at iteration 6 (checkpoint and evaluation at 4) and a resume;
     gradient accumulation on, data-loader workers differ between the runs on purpose. Weights, optimizer
-    state and logs must be identical."""
+    state and logs must be identical; also with the training step compiled (``train.compile``)."""
     settings = {"train.iterations": 8, "train.checkpoint_interval": 4, "train.eval_interval": 4,
-                "train.eval_at_start": False, "train.log_interval": 1, "train.grad_accum": 2}
+                "train.eval_at_start": False, "train.log_interval": 1, "train.grad_accum": 2,
+                "train.compile": compile_backend}
     straight = train(toy_config(toy, **settings), tmp_path / "straight")
 
     class Crash(Callback):
@@ -124,6 +128,46 @@ def test_interrupted_run_resumes_to_the_identical_result(toy, tmp_path):
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*bad\.ckpt"):
         train(interrupted_cfg, tmp_path / "other", resume=tmp_path / "bad.ckpt")
+
+
+def test_compiled_training_step_learns_what_the_eager_one_learns(toy, tmp_path):
+    """``train.compile`` (the ``aot_eager`` backend here: dynamo and AOTAutograd decide what the graph computes;
+    Inductor's code generation is too slow for CI on a CPU) and ``train.cluster_backend`` change how, not what.
+    One step from the same weights: the loss equals the eager one's to float32 rounding and every gradient
+    within 1e-5 of its own scale. Six steps of training: the losses within 1e-3 (rounding differences, from the
+    matmul backend's other order of sums and AOTAutograd's decompositions, grow with each AdamW step). The saved
+    model has the eager model's keys (no ``_orig_mod.``)."""
+    cfg = toy_config(toy, **{"train.iterations": 6, "train.eval_at_start": False, "train.log_interval": 1})
+    fast = toy_config(toy, **{"train.iterations": 6, "train.eval_at_start": False, "train.log_interval": 1,
+                              "train.compile": "aot_eager", "train.cluster_backend": "matmul"})
+    images, labels = next(iter(torch.utils.data.DataLoader(
+        ADE20KDataset(toy, "training", 3, _augment(cfg)), batch_size=4,
+        sampler=ResumableSampler(480, positions=True))))
+    torch.manual_seed(0)
+    eager = SegmentationModule(cfg, ["ground", "common", "odd"])
+    compiled = SegmentationModule(fast, ["ground", "common", "odd"])
+    compiled.load_state_dict(eager.state_dict())
+    results = []
+    for module, backend in ((eager, "torch"), (compiled, "matmul")):
+        cluster_ops.set_backend(backend)
+        try:
+            loss = segmentation_loss(module.train_forward(images), labels, cfg.loss.avg_non_ignore)
+            loss.backward()
+        finally:
+            cluster_ops.set_backend("auto")
+        results.append((loss.item(), {n: p.grad for n, p in module.named_parameters() if p.grad is not None}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert abs(loss_a - loss_b) <= 1e-6 * loss_a and grads_a.keys() == grads_b.keys() and grads_a
+    for name, grad in grads_a.items():
+        assert (grad - grads_b[name]).abs().max() <= 1e-5 * (grad.abs().max() or 1.0), name
+
+    train(cfg, tmp_path / "eager")
+    train(fast, tmp_path / "compiled")
+    losses = [[float(r["train/loss"]) for r in rows(tmp_path / run / "metrics.csv", "train/loss")]
+              for run in ("eager", "compiled")]
+    assert len(losses[0]) == 6 and all(abs(a - b) <= 1e-3 * abs(a) for a, b in zip(*losses)), losses
+    saved = [load_file(tmp_path / run / "model" / "model.safetensors").keys() for run in ("eager", "compiled")]
+    assert saved[0] == saved[1] and not any("_orig_mod" in k for k in saved[1])
 
 
 def straight_evals(log):

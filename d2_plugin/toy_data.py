@@ -1,5 +1,6 @@
 """A small, deterministic COCO-format instance dataset generated on the spot: coloured shapes whose class
-is their kind (circle, square, triangle) on a noisy background, with boxes and polygon masks.
+is their kind (circle, square, triangle) on a noisy, shaded background, with boxes and polygon masks (the
+core's shapes scenes, :func:`fec_backbone.toy_scenes.shapes_scene`; this module writes them as COCO).
 
     python -m d2_plugin.toy_data [--out ROOT] [--variant fec_toy|fec_toy_mini]
 
@@ -19,14 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from fec_backbone.toy_scenes import shapes_scene
 from fec_backbone.training import GeneratedDataError, ensure_generated
 
 from .datasets import TOY_SPLITS, TOY_VARIANTS, annotation_file, datasets_root, register_toy_dataset
@@ -46,51 +47,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TOY_CLASSES = ("circle", "square", "triangle")
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 FIRST_SIZE = (250, 190)  # width, height of image 0 of every split
-
-
-def _shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> List[Tuple[float, float]]:
-    if kind == "circle":
-        corners, start = 40, 0.0
-    elif kind == "square":
-        corners, start = 4, math.pi / 4
-        r *= 1.1
-    else:
-        corners, start = 3, -math.pi / 2
-        r *= 1.25
-    return [
-        (cx + r * math.cos(start + angle + 2 * math.pi * k / corners), cy + r * math.sin(start + angle + 2 * math.pi * k / corners))
-        for k in range(corners)
-    ]
-
-
-def _draw_image(rng: np.random.Generator, width: int, height: int, max_objects: int):
-    background = rng.integers(0, 256, size=3)
-    pixels = np.clip(background + rng.normal(0.0, 12.0, size=(height, width, 3)), 0, 255).astype(np.uint8)
-    image = Image.fromarray(pixels, "RGB")
-    draw = ImageDraw.Draw(image)
-    placed: List[Tuple[float, float, float]] = []
-    objects = []
-    for _ in range(int(rng.integers(1, max_objects + 1))):
-        for _attempt in range(30):
-            r = float(rng.uniform(0.12, 0.24) * min(width, height))
-            cx = float(rng.uniform(r * 1.3, width - r * 1.3))
-            cy = float(rng.uniform(r * 1.3, height - r * 1.3))
-            if all(math.hypot(cx - x, cy - y) > 1.3 * (r + q) for x, y, q in placed):
-                break
-        else:
-            continue
-        kind = int(rng.integers(len(TOY_CLASSES)))
-        angle = float(rng.uniform(-0.35, 0.35))
-        color = rng.integers(0, 256, size=3)
-        while np.abs(color.astype(int) - background).sum() < 200:
-            color = rng.integers(0, 256, size=3)
-        polygon = [(round(x, 2), round(y, 2)) for x, y in _shape_polygon(TOY_CLASSES[kind], cx, cy, r, angle)]
-        draw.polygon(polygon, fill=tuple(int(c) for c in color))
-        placed.append((cx, cy, r))
-        objects.append((kind, polygon))
-    return image, objects
 
 
 def _polygon_area(polygon: Sequence[Tuple[float, float]]) -> float:
@@ -105,11 +63,12 @@ def _make_split(root: str, split: str, num_images: int, seed: int, max_objects: 
     images, annotations = [], []
     for i in range(num_images):
         width, height = FIRST_SIZE if i == 0 else (int(rng.integers(180, 260)), int(rng.integers(150, 250)))
-        image, objects = _draw_image(rng, width, height, max_objects)
+        scene = shapes_scene(rng, width, height, kinds=TOY_CLASSES, max_shapes=max_objects)
         file_name = f"{i:05d}.png"
-        image.save(os.path.join(image_dir, file_name), format="PNG")
+        Image.fromarray(scene.image).save(os.path.join(image_dir, file_name), format="PNG")
         images.append({"id": i + 1, "file_name": file_name, "width": width, "height": height})
-        for kind, polygon in objects:
+        for name, polygon in zip(scene.kinds, scene.polygons):
+            kind = TOY_CLASSES.index(name)
             xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
             x0, y0 = max(min(xs), 0.0), max(min(ys), 0.0)
             box = [round(x0, 2), round(y0, 2), round(min(max(xs), width) - x0, 2), round(min(max(ys), height) - y0, 2)]

@@ -31,6 +31,7 @@ ARCHS = {
     "upernet": dict(batch=2),
     "segformer": dict(),
     "dpt": dict(encoder="tu-fec_small", kwargs=dict(decoder_readout="ignore")),  # FEC has no prefix tokens
+    "semanticfpn": dict(),  # ours (seg_plugin.semantic_fpn), registered beside smp's own
 }
 #: torch.export runs on every architecture; torch.compile (about 8 s each on CPU) on a representative
 #: subset, or on every architecture with FEC_SEG_ALL=1 (all pass).
@@ -72,8 +73,8 @@ def test_in_channels_and_depth_and_out_classes(arch):
         kwargs["decoder_channels"] = (256, 128, 64)
     if arch == "dpt":
         kwargs["decoder_intermediate_channels"] = (256, 512, 1024)
-    if arch == "fpn":
-        kwargs["encoder_depth"] = 5  # smp's FPN needs depth 5 with a stride-4-first encoder (see below)
+    if arch in ("fpn", "semanticfpn"):
+        kwargs["encoder_depth"] = 5  # both FPNs need depth 5 with a stride-4-first encoder (see below)
     model = make(arch, **kwargs).eval()
     x = sample(arch, channels=1)
     with torch.inference_mode():
@@ -103,8 +104,8 @@ def test_classification_head(arch):
     assert probs.shape[1] == 10 and ((probs >= 0) & (probs <= 1)).all()
 
 
-#: Architectures that take any input size with resnet34 (smp's ``requires_divisible_input_shape = False``).
-ANY_SIZE = {"unet"}
+#: Architectures that take any input size with resnet34 (``requires_divisible_input_shape = False``).
+ANY_SIZE = {"unet", "semanticfpn"}  # Semantic FPN resizes each level to the next, as mmseg does
 
 
 def test_any_size_architectures_are_those_of_resnet34():

@@ -4,7 +4,8 @@ run, so ratios hold whatever the card.
 
 Settings (as in the performance issue): bf16 autocast, channels_last, 224 px; a training step with
 AdamW at batch 128, inference at batch 256; plus FEC-S at detection resolution (800x1344, batch 2,
-detection preset): training-step time and peak memory, reference vs ours, in bf16 and in float32.
+detection preset): training-step time and peak memory, reference vs ours (compiled rows included), in bf16
+and in float32.
 
     python benchmarks/bench_gpu.py                 # on the GPU machine, about 5 minutes
     python benchmarks/bench_gpu.py --smoke         # tiny sizes on any device, checks the script runs
@@ -171,6 +172,14 @@ def infer_case(kind: str, device: torch.device, batch: int, size: tuple, warmup:
     return result
 
 
+def detection_kinds(models: List[str]) -> List[str]:
+    """The rows of the detection table: every FEC row, compiled ones included (one static 800x1344 graph
+    each, as ``MODEL.FEC.COMPILE`` builds it), compiled rows last so that a run cut short by a time limit
+    has printed the eager ones."""
+    fec = [k for k in models if k in ("official", "reference") or k.startswith("ours")]
+    return sorted(fec, key=lambda k: k.endswith("+compile"))
+
+
 def main(argv: List[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a couple of iterations")
@@ -212,14 +221,18 @@ def main(argv: List[str] | None = None) -> None:
             "infer": infer_case(kind, device, infer_b, size, warmup, iters, bf16),
         }
         torch._dynamo.reset()
-        print(f"  measured {kind} ({time.perf_counter() - began:.0f} s so far)", flush=True)
-    det_kinds = [k for k in ("official", "reference", "ours", "ours+matmul", "ours+triton")
-                 if k in args.models and not args.no_detection]
-    det_tables = {
-        precision: {kind: train_case(kind, device, 2, det, "detection", max(1, warmup // 3), max(1, iters // 3),
-                                     precision == "bf16") for kind in det_kinds}
-        for precision in (("bf16", "fp32") if bf16 else ("fp32",))
-    }
+        print(f"  measured {kind}: train {rows[kind]['train']['img_s']:.0f} img/s, infer "
+              f"{rows[kind]['infer']['img_s']:.0f} img/s ({time.perf_counter() - began:.0f} s so far)", flush=True)
+    det_kinds = [] if args.no_detection else detection_kinds(args.models)
+    det_tables: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for kind in det_kinds:
+        for precision in ("bf16", "fp32") if bf16 else ("fp32",):
+            r = train_case(kind, device, 2, det, "detection", max(1, warmup // 3), max(1, iters // 3),
+                           precision == "bf16")
+            det_tables.setdefault(precision, {})[kind] = r
+            torch._dynamo.reset()
+            print(f"  measured detection {kind} {precision}: {r['seconds'] * 1e3:.1f} ms / {r['peak_mib']:.0f} MiB "
+                  f"({time.perf_counter() - began:.0f} s so far)", flush=True)
     print(f"\n{'model':<18}{'train img/s':>12}{'train MiB':>11}{'infer img/s':>13}{'infer MiB':>11}")
     for kind, r in rows.items():
         print(f"{kind:<18}{r['train']['img_s']:>12.0f}{r['train']['peak_mib']:>11.0f}"

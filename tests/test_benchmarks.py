@@ -37,6 +37,14 @@ def test_gpu_benchmark_smoke_reports_every_row(tmp_path):
     assert "ours+triton / poolformer_s12" in out and "ours+matmul:" in out
 
 
+def test_detection_table_takes_the_compiled_rows_last():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from bench_gpu import detection_kinds
+
+    models = ["ours+compile", "official", "ours", "resnet18", "ours+matmul+compile", "poolformer_s12"]
+    assert detection_kinds(models) == ["official", "ours", "ours+compile", "ours+matmul+compile"]
+
+
 def test_profile_script_attributes_time_to_model_parts():
     out = _run("benchmarks/profile_fec.py", "--batch", "2", "--size", "64", "64", "--top", "5")
     for part in ("cluster mixer", "cluster pool", "mlp", "norm", "stem", "whole step"):

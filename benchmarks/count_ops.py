@@ -108,7 +108,7 @@ def main(argv: Optional[List[str]] = None) -> List[tuple]:
     rows = [(kind, count[kind.endswith("+compile")](kind, args.preset, args.batch, list(args.size))) for kind in kinds]
     base = rows[0][1]
     for kind, n in rows:
-        print(f"  {kind:<12}{n:>7,}  {n / base:.2f}x {rows[0][0]}")
+        print(f"  {kind:<20}{n:>7,}  {n / base:.2f}x {rows[0][0]}")
     return rows
 
 

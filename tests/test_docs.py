@@ -84,6 +84,12 @@ def _help(module: str) -> Callable[[List[str]], None]:
     return check
 
 
+def _d2_demo(args: List[str]) -> None:
+    from d2_plugin import demo
+
+    demo.build_parser().parse_args(args)
+
+
 def _fec(args: List[str]) -> None:
     from fec_backbone.cli import build_parser
 
@@ -94,6 +100,7 @@ MODULES: Dict[str, Callable] = {
     "classification.train": _classification_train,
     "classification.validate": _classification_validate,
     "d2_plugin.train_net": _d2_train_net,
+    "d2_plugin.demo": _d2_demo,
     "seg_plugin.train_ade20k": _seg_train,
     "seg_plugin.weights": _help("seg_plugin.weights"),
 }

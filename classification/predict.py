@@ -39,8 +39,8 @@ from fec_backbone.checkpoint import CheckpointError, detect_variant, extract_fec
 _logger = logging.getLogger("predict")
 
 #: What a checkpoint holding an FEC without classifier most likely is, by the first part of its key prefix.
-_OTHER_TASKS = {"backbone": "a Detectron2 or mmdet/mmseg model", "model": "a segmentation trainer's Lightning checkpoint",
-                "encoder": "an smp segmentation model"}
+_OTHER_TASKS = {"backbone": "a Detectron2 or mmdet/mmseg model",
+                "model": "a segmentation trainer's Lightning checkpoint", "encoder": "an smp segmentation model"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +100,8 @@ def read_rgb(path: str) -> Image.Image:
                 _logger.info(f"{path}: {bands}-channel image (mode {img.mode}) converted to RGB")
             return img.convert("RGB")
     except (OSError, ValueError, SyntaxError) as err:
-        raise ImageReadError(f"cannot read image {path!r}: not an image file, or a damaged one ({type(err).__name__}: {err})") from None
+        raise ImageReadError(f"cannot read image {path!r}: not an image file, or a damaged one "
+                             f"({type(err).__name__}: {err})") from None
 
 
 def load_classifier(

@@ -99,7 +99,7 @@ def read_visualize_source(checkpoint: str) -> Tuple[Dict[str, Any], Dict[str, An
         weights, config = os.path.join(checkpoint, SMP_WEIGHTS), os.path.join(checkpoint, SMP_CONFIG)
         if not os.path.isfile(weights):
             raise CheckpointError(f"{checkpoint!r} is a folder without {SMP_WEIGHTS}; a saved smp model folder "
-                                  f"(save_pretrained) holds {SMP_CONFIG} and {SMP_WEIGHTS}, else pass a checkpoint file")
+                                  f"(save_pretrained) holds {SMP_CONFIG} and {SMP_WEIGHTS}; else pass a file")
         settings = {}
         if os.path.isfile(config):
             with open(config, encoding="utf-8") as f:

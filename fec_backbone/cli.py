@@ -1,7 +1,7 @@
 """The ``fec`` command: utilities around the FEC backbone.
 
     fec flops [--models fec_small fec_base] [--size 224]
-    fec visualize IMAGE --model fec_small [--checkpoint PATH] [--clusters K] --out OUT.png
+    fec visualize IMAGE [--model fec_small] [--checkpoint PATH|MODEL_DIR] [--clusters K] --out OUT.png
     fec export --model fec_small [--checkpoint PATH] [--features-only] [--size 224] --out fec_small.onnx
 """
 from __future__ import annotations
@@ -64,15 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_flops)
     p = sub.add_parser("visualize", help="draw the cluster assignments of one image as a PNG")
     p.add_argument("image", help="image file")
-    p.add_argument("--model", default="fec_small", choices=MODELS)
-    p.add_argument("--checkpoint", default=None, help="an official FEC checkpoint, or a classification, Detectron2 "
-                                                      "or smp checkpoint of ours (default: random weights)")
+    p.add_argument("--model", default=None, choices=MODELS,
+                   help="variant (default: the checkpoint's, recognised from its tensors; else fec_small)")
+    p.add_argument("--checkpoint", default=None,
+                   help="an official FEC checkpoint, or one of ours: classification, Detectron2 model_final.pth, the "
+                        "segmentation trainer's last.ckpt or its saved smp model/ folder (default: random weights)")
     p.add_argument("--clusters", type=int, default=3, help="k-means groups of the final centres (K)")
     p.add_argument("--out", required=True, help="output PNG")
     p.add_argument("--size", type=int, default=224, help="the image is resized to SIZE x SIZE (divisible by 32)")
     p.add_argument("--preset", default=None, choices=list(PRESETS),
-                   help="clustering layout (default: detection for Detectron2 weights, segmentation for smp, "
-                        "else classification)")
+                   help="clustering layout (default: the one the checkpoint records, else detection for "
+                        "Detectron2 weights, segmentation for smp, else classification)")
     p.add_argument("--prefix", default=None, help="key prefix of the FEC weights when a checkpoint holds several")
     p.add_argument("--head", type=int, default=0, help="head whose block clusters are drawn")
     p.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=True,

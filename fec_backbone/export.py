@@ -11,6 +11,8 @@ import numpy as np
 import timm
 import torch
 
+from .checkpoint import read_fec_weights
+
 __all__ = ["export_onnx", "verify_onnx"]
 
 
@@ -45,14 +47,21 @@ def export_onnx(
 ) -> Dict[str, object]:
     """Export ``model_name`` to ``out`` (dynamic batch dimension) and check it with onnxruntime.
 
-    ``checkpoint`` may be an official FEC checkpoint or one of ours. Raises ``RuntimeError`` if
+    ``checkpoint`` may be an official FEC checkpoint or one of ours; ``num_classes`` defaults to its
+    classifier's size (another value starts a new classifier), else to 1000. Raises ``RuntimeError`` if
     onnxruntime's outputs differ from PyTorch's by more than ``tolerance``.
     """
     kwargs: Dict[str, object] = dict(preset=preset, features_only=features_only)
+    if checkpoint:
+        state = read_fec_weights(checkpoint)
+        head = state.get("head.weight")
+        overlay: Dict[str, object] = dict(state_dict=state)
+        if head is not None:  # the checkpoint's classifier size, so that timm keeps (not resets) its classifier
+            overlay["num_classes"] = head.shape[0]
+            num_classes = head.shape[0] if num_classes is None else num_classes
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    if checkpoint:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=checkpoint))
     model = timm.create_model(model_name, **kwargs).eval()
     example = torch.randn(batch_size, 3, image_size, image_size)
     batch = torch.export.Dim("batch", min=1, max=1024)

@@ -71,7 +71,7 @@ def coordinate_ramp(length: int, size: int, device: torch.device) -> torch.Tenso
 class Stem(nn.Module):
     """Append normalised row/column coordinates (in [-0.5, 0.5]) and embed with a stride-4 conv.
 
-    ``[B, in_chans, H, W]`` -> channels-last ``[B, H/4, W/4, dim]``.
+    ``[B, in_chans, H, W]`` -> ``[B, dim, H/4, W/4]``.
     """
 
     def __init__(self, in_chans: int, dim: int, patch_size: int = 4, device=None, dtype=None):
@@ -90,7 +90,7 @@ class Stem(nn.Module):
             (rows.view(hp, 1).expand(hp, wp), cols.view(1, wp).expand(hp, wp)), dim=0
         ).to(x.dtype)
         x = torch.cat((x, coords.unsqueeze(0).expand(b, 2, hp, wp)), dim=1)
-        return to_nhwc(self.proj(x))
+        return self.proj(x)
 
 
 class ClusterMixer(nn.Module):
@@ -247,7 +247,12 @@ class ClusterPool(nn.Module):
 
 
 class FecStage(nn.Module):
-    """Optional clustering pool followed by clustering blocks, on channels-last maps ``[B, H, W, C]``."""
+    """Optional clustering pool followed by clustering blocks: ``[B, C, H, W]`` -> ``[B, D, H', W']``.
+
+    The layers run on channels-last maps ``[B, H, W, C]``; the stage returns them as NCHW views (no copy,
+    and the next stage's conversion back is free), so that what a stage returns, the feature map that
+    ``feature_info`` names (``stages.<i>``, e.g. for FX feature extraction), is NCHW.
+    """
 
     def __init__(self, downsample: Optional[nn.Module], blocks: Sequence[nn.Module]):
         super().__init__()
@@ -256,10 +261,10 @@ class FecStage(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
+        x = self.downsample(to_nhwc(x))
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+            return to_nchw(checkpoint_seq(self.blocks, x))
+        return to_nchw(self.blocks(x))
 
 
 def _per_stage(value: Union[IntOrPair, Sequence[IntOrPair]], n: int, name: str) -> List[IntOrPair]:
@@ -466,19 +471,19 @@ class FEC(nn.Module):
         for i, stage in enumerate(stages):
             x = stage(x)
             if i in take_indices:
-                intermediates.append(to_nchw(self.feature_map(i, x, norm and i == last)))
+                intermediates.append(self.feature_map(i, x, norm and i == last))
         if intermediates_only:
             return intermediates
         if i == last:
-            x = self.norm(x)
-        return to_nchw(x), intermediates
+            x = to_nchw(self.norm(to_nhwc(x)))
+        return x, intermediates
 
     def feature_map(self, index: int, x: torch.Tensor, final_norm: bool = False) -> torch.Tensor:
-        """Stage ``index``'s output ``x`` ``[B, h, w, C]`` as a returned feature map: through its output norm
-        when the model has them, else through the final norm with ``final_norm``, else as it is."""
+        """Stage ``index``'s output ``x`` ``[B, C, h, w]`` as a returned feature map (NCHW): through its output
+        norm when the model has them, else through the final norm with ``final_norm``, else as it is."""
         if self.out_norms is not None:
-            return self.out_norms[index](x)
-        return self.norm(x) if final_norm else x
+            return to_nchw(self.out_norms[index](to_nhwc(x)))
+        return to_nchw(self.norm(to_nhwc(x))) if final_norm else x
 
     def prune_intermediate_layers(
         self,
@@ -501,7 +506,7 @@ class FEC(nn.Module):
         """``[B, in_chans, H, W]`` -> normalised last-stage map ``[B, C, H/s, W/s]`` (``s``: the output
         stride; a channels_last view: the stages run on channels-last maps)."""
         check_input(x, self.in_chans, self.reduction)
-        return to_nchw(self.norm(self.stages(self.stem(x))))
+        return to_nchw(self.norm(to_nhwc(self.stages(self.stem(x)))))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``[B, C, h, w]`` -> logits ``[B, num_classes]`` (or pooled features with ``pre_logits``)."""
@@ -543,6 +548,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FEC) -> Dic
 
 def _create_fec(variant: str, pretrained: bool = False, **kwargs: Any) -> FEC:
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    if kwargs.get("features_only") and kwargs.get("feature_cls") == "fx" and kwargs.get("feature_norms"):
+        raise ValueError("feature_cls='fx' takes the stage outputs (stages.<i>), which the output norms of "
+                         "feature_norms=True do not reach; use the default feature_cls")
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     if pretrained and overlay.get("file") and overlay.get("state_dict") is None:
         # Read the file once, through the package's safe reader (EMA weights first, any checkpoint shape);

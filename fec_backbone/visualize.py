@@ -8,18 +8,21 @@ k-means. The blocks' clusters (one head of each stage's last block) are chained 
 
     fec visualize photo.jpg --model fec_small --checkpoint fec_small.pth --clusters 3 --out clusters.png
 
-Checkpoints: an official FEC checkpoint, one of ours (timm/classification), or a Detectron2 or smp
-checkpoint of ours: the FEC weights are found under whatever key prefix precedes ``stem.proj.weight``
-(or the official ``patch_embed.proj.weight``) and loaded into a plain timm FEC with strict key checks.
+Checkpoints: an official FEC checkpoint, one of ours (timm/classification), a Detectron2 ``model_final.pth``,
+the segmentation trainer's Lightning ``last.ckpt`` or a saved smp model folder (``config.json`` and
+``model.safetensors``): the FEC weights are found under whatever key prefix precedes ``stem.proj.weight`` (or
+the official ``patch_embed.proj.weight``) and loaded into a plain timm FEC with strict key checks. The variant
+comes from the tensors, the clustering layout from the settings the file records, else from the prefix.
 """
 from __future__ import annotations
 
 import colorsys
+import json
 import os
 import re
 import textwrap
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import timm
@@ -28,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from .checkpoint import CheckpointError, extract_fec_weights, load_fec_weights
+from .checkpoint import CheckpointError, detect_variant, extract_fec_weights, load_fec_weights, read_checkpoint
 from .fec import FEC, ClusterPool, to_nchw
 from .interpret import chain_to_input, clustering_layers, record_clusters
 
@@ -41,8 +44,10 @@ __all__ = [
     "visualize_image",
 ]
 
-#: ``--preset`` used when none is given, by the first component of the key prefix of the FEC weights
-_PRESET_BY_PREFIX = {"backbone": "detection", "encoder": "segmentation"}
+#: Files of a saved smp model folder (``save_pretrained``): the weights and the constructor arguments.
+SMP_WEIGHTS, SMP_CONFIG = "model.safetensors", "config.json"
+#: Recorded FEC settings that shape the clustering (no parameter depends on them).
+_LAYOUT_KEYS = ("preset", "proposals", "folds")
 
 
 @dataclass
@@ -65,34 +70,83 @@ class ClusterMaps:
 
 
 def _default_preset(prefix: str) -> str:
-    return _PRESET_BY_PREFIX.get(prefix.split(".", 1)[0], "classification") if prefix else "classification"
+    """``segmentation`` for weights under an ``encoder.`` (smp models, also inside the segmentation trainer's
+    ``model.``), ``detection`` under ``backbone.`` (Detectron2), else ``classification``."""
+    parts = prefix.split(".")
+    if "encoder" in parts:
+        return "segmentation"
+    return "detection" if parts[0] == "backbone" else "classification"
+
+
+def _layout(settings: Any) -> Dict[str, Any]:
+    """The clustering settings among recorded FEC settings (JSON lists as tuples)."""
+
+    def plain(value: Any) -> Any:
+        return tuple(plain(v) for v in value) if isinstance(value, list) else value
+
+    if not isinstance(settings, Mapping):
+        return {}
+    return {k: plain(settings[k]) for k in _LAYOUT_KEYS if settings.get(k) is not None}
+
+
+def read_visualize_source(checkpoint: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The contents of ``checkpoint`` and the clustering layout it records (``preset``/``proposals``/``folds``).
+
+    A folder is a saved smp model (``model.safetensors``; its ``config.json`` holds the timm encoder's
+    settings); a Lightning checkpoint of the segmentation trainer records them under
+    ``config.model.encoder_params``."""
+    if os.path.isdir(checkpoint):
+        weights, config = os.path.join(checkpoint, SMP_WEIGHTS), os.path.join(checkpoint, SMP_CONFIG)
+        if not os.path.isfile(weights):
+            raise CheckpointError(f"{checkpoint!r} is a folder without {SMP_WEIGHTS}; a saved smp model folder "
+                                  f"(save_pretrained) holds {SMP_CONFIG} and {SMP_WEIGHTS}; else pass a file")
+        settings = {}
+        if os.path.isfile(config):
+            with open(config, encoding="utf-8") as f:
+                settings = json.load(f)
+        return read_checkpoint(weights), _layout(settings)
+    obj = read_checkpoint(checkpoint)
+    config = obj.get("config")
+    model_cfg = config.get("model") if isinstance(config, Mapping) else None
+    params = model_cfg.get("encoder_params") if isinstance(model_cfg, Mapping) else None
+    return obj, _layout(params)
 
 
 def load_fec_backbone(
-    model_name: str = "fec_small",
+    model_name: Optional[str] = None,
     checkpoint: Optional[str] = None,
     preset: Optional[str] = None,
     prefix: Optional[str] = None,
     use_ema: bool = True,
 ) -> Tuple[FEC, Dict[str, str]]:
-    """A timm FEC (no classifier) with the FEC weights of ``checkpoint`` (random weights without one).
+    """A timm FEC (no classifier) with the FEC weights of ``checkpoint`` (a file or a saved smp model folder;
+    random weights without one). ``model_name`` defaults to the variant the tensors have (else fec_small).
 
     The checkpoint decides the layers: stages or the final norm that a Detectron2/smp backbone pruned
     are pruned here too; every remaining key of the FEC (stem, stages, norm) must match in name and
     shape (else :class:`CheckpointError`); what the clusters do not use (output norms, other modules under
     the prefix) is listed in the returned info. ``use_ema`` prefers the EMA weights of a training
-    checkpoint (as the reference's ``cluster_visualize.py`` loads them). ``preset`` defaults to ``detection`` for weights under ``backbone.``
-    (Detectron2), ``segmentation`` under ``encoder.`` (smp), else ``classification``.
+    checkpoint (as the reference's ``cluster_visualize.py`` loads them). ``preset`` defaults to the layout the
+    checkpoint records (:func:`read_visualize_source`), else ``detection`` for weights under ``backbone.``
+    (Detectron2), ``segmentation`` under ``encoder.`` (smp, and the segmentation trainer's ``model.encoder.``),
+    else ``classification``.
     """
-    info = {"model": model_name, "checkpoint": checkpoint or "none (random weights)"}
     if checkpoint is None:
-        preset = preset or "classification"
+        model_name, preset = model_name or "fec_small", preset or "classification"
         model = timm.create_model(model_name, num_classes=0, preset=preset)
-        info["preset"] = preset
-        return model.eval(), info
-    state, prefix, ignored = extract_fec_weights(checkpoint, use_ema=use_ema, prefix=prefix)
-    preset = preset or _default_preset(prefix)
-    model = timm.create_model(model_name, num_classes=0, preset=preset)
+        return model.eval(), {"model": model_name, "checkpoint": "none (random weights)", "preset": preset}
+    obj, layout = read_visualize_source(checkpoint)
+    try:
+        state, prefix, ignored = extract_fec_weights(obj, use_ema=use_ema, prefix=prefix)
+    except CheckpointError as err:
+        raise CheckpointError(f"{checkpoint!r}: {err}") from None
+    model_name = model_name or detect_variant(state) or "fec_small"
+    if preset is not None:
+        layout = {"preset": preset}
+    layout.setdefault("preset", _default_preset(prefix))
+    info = {"model": model_name, "checkpoint": checkpoint}
+    model = timm.create_model(model_name, num_classes=0, **layout)
+    preset = layout["preset"]
     stages = sorted({int(m.group(1)) for k in state for m in [re.match(r"stages\.(\d+)\.", k)] if m})
     if not stages:
         raise CheckpointError(f"{checkpoint!r}: the FEC under {prefix!r} has no stages (keys stages.<i>...)")
@@ -253,7 +307,7 @@ def render_cluster_maps(image: np.ndarray, maps: ClusterMaps, path: str, panel: 
 def visualize_image(
     image_path: str,
     out: str,
-    model_name: str = "fec_small",
+    model_name: Optional[str] = None,
     checkpoint: Optional[str] = None,
     clusters: int = 3,
     size: int = 224,

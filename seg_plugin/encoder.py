@@ -37,7 +37,7 @@ from segmentation_models_pytorch.encoders._base import EncoderMixin
 
 from fec_backbone import FEC, VARIANTS, fit_state_dict
 from fec_backbone.checkpoint import adapt_stem_weight
-from fec_backbone.fec import Stem, check_input, to_nchw
+from fec_backbone.fec import Stem, check_input
 
 from .pretrained import ENCODER_VARIANTS, pretrained_settings
 
@@ -139,9 +139,9 @@ class FecEncoder(FEC, EncoderMixin):
         padded = bool(pad_h or pad_w)
         x = self.stem(F.pad(x, (0, pad_w, 0, pad_h)) if padded else x, (h, w))
         for i, (stage, info) in enumerate(zip(self.stages, self.feature_info)):
-            x = stage(x)  # stages run on channels-last [B, H, W, C] maps
+            x = stage(x)  # [B, C, H, W] views of channels-last maps
             s = info["reduction"]
-            features.append(to_nchw(self.feature_map(i, x[:, : -(-h // s), : -(-w // s)] if padded else x)))
+            features.append(self.feature_map(i, x[:, :, : -(-h // s), : -(-w // s)] if padded else x))
         return features
 
 

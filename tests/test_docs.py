@@ -52,6 +52,12 @@ def _classification_validate(args: List[str]) -> None:
     validate.build_parser().parse_args(args)
 
 
+def _classification_predict(args: List[str]) -> None:
+    from classification import predict
+
+    predict.build_parser().parse_args(args)
+
+
 def _d2_train_net(args: List[str]) -> None:
     import d2_plugin  # noqa: F401  (registers the backbones)
     from detectron2.config import get_cfg
@@ -99,6 +105,7 @@ def _fec(args: List[str]) -> None:
 MODULES: Dict[str, Callable] = {
     "classification.train": _classification_train,
     "classification.validate": _classification_validate,
+    "classification.predict": _classification_predict,
     "d2_plugin.train_net": _d2_train_net,
     "d2_plugin.demo": _d2_demo,
     "seg_plugin.train_ade20k": _seg_train,

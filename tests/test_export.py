@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 
 import pytest
+import timm
+import torch
 
 from fec_backbone.export import export_onnx
 
@@ -35,3 +37,19 @@ def test_fec_export_command(tmp_path, capsys):
     assert out.exists() and "max abs difference" in capsys.readouterr().out
     assert main(["export", "--size", "48", "--out", str(tmp_path / "bad.onnx")]) == 2
     assert "divisible by 32" in capsys.readouterr().err
+
+
+def test_export_takes_the_class_count_of_the_checkpoint(tmp_path, capsys):
+    """``--num-classes`` defaults to the checkpoint's classifier (a 3-class training file of ours), as
+    ``--help`` says."""
+    from fec_backbone.cli import main
+
+    model = timm.create_model("fec_small", num_classes=3)
+    ckpt = tmp_path / "last.pth.tar"
+    torch.save(dict(arch="fec_small", state_dict=model.state_dict(), class_names=["a", "b", "c"]), ckpt)
+    out = tmp_path / "three.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--size", "64", "--out", str(out)]) == 0, capsys.readouterr().err
+    import onnx
+
+    graph = onnx.load(str(out), load_external_data=False).graph
+    assert graph.output[0].type.tensor_type.shape.dim[1].dim_value == 3

@@ -329,3 +329,26 @@ def test_bad_output_stride_is_explained():
     with pytest.raises(ValueError, match="already dilated to output stride 16"):
         model.set_output_stride(8)
     timm.create_model("fec_small", output_stride=32).set_output_stride(32)  # the undilated stride: nothing to do
+
+
+def test_fx_features_are_nchw_and_equal_the_default_features():
+    """``feature_cls="fx"`` (timm's FX extraction of the ``stages.<i>`` that ``feature_info`` names) and
+    torchvision-style ``create_feature_extractor`` give the maps of the default ``features_only`` model:
+    NCHW, same values."""
+    from timm.models import create_feature_extractor
+
+    x = torch.randn(2, 3, 64, 96)
+    torch.manual_seed(1)
+    getter = timm.create_model("fec_small", features_only=True).eval()
+    torch.manual_seed(1)
+    fx = timm.create_model("fec_small", features_only=True, feature_cls="fx").eval()
+    with torch.no_grad():
+        want, got = getter(x), fx(x)
+        extracted = create_feature_extractor(getter.model, [f"stages.{i}" for i in range(4)])(x)
+    shapes = [(2, c, 64 // r, 96 // r) for c, r in zip(getter.feature_info.channels(), getter.feature_info.reduction())]
+    assert [tuple(t.shape) for t in want] == shapes
+    assert [tuple(t.shape) for t in got] == shapes
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
+    assert all(torch.equal(a, b) for a, b in zip(want, extracted.values()))
+    with pytest.raises(ValueError, match="feature_norms=True do not reach"):
+        timm.create_model("fec_small", features_only=True, feature_cls="fx", feature_norms=True)

@@ -246,12 +246,12 @@ def test_padded_input_features_are_the_documented_crop(output_stride):
     ramps = torch.stack((steps[:, None].expand(96, 96) / (h - 1) - 0.5, steps[None, :].expand(96, 96) / (w - 1) - 0.5))
     stem = encoder.stem.proj
     with torch.no_grad():
-        t = to_nhwc(F.conv2d(torch.cat((image, ramps.expand(2, 2, 96, 96)), 1), stem.weight, stem.bias, stride=4))
+        t = F.conv2d(torch.cat((image, ramps.expand(2, 2, 96, 96)), 1), stem.weight, stem.bias, stride=4)
         expected = []
         for stage, norm, stride in zip(core.stages, encoder.out_norms, core.feature_info):
-            t = stage(t)
+            t = stage(t)  # [B, C, H, W]
             s = stride["reduction"]
-            expected.append(to_nchw(norm(t[:, : -(-h // s), : -(-w // s)])))
+            expected.append(to_nchw(norm(to_nhwc(t[:, :, : -(-h // s), : -(-w // s)]))))
         features = encoder(x)
     for feature, reference in zip(features[2:], expected):
         assert feature.shape == reference.shape

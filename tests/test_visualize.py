@@ -190,3 +190,45 @@ def test_cli_writes_a_picture(tmp_path, capsys):
     assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500  # not blank
     assert cli.main(["visualize", str(image), "--out", str(tmp_path / "x.png"), "--size", "100"]) == 2
     assert "divisible by 32" in capsys.readouterr().err
+
+
+def _segmentation_outputs(tmp_path, encoder_params):
+    """Stand-ins for what ``seg_plugin.train_ade20k`` writes: ``last.ckpt`` (Lightning: the module's ``model.``
+    prefix, the settings under ``config``) and the smp ``model/`` folder (``save_pretrained``)."""
+    from seg_plugin.train_ade20k import _plain, build_model, get_cfg
+
+    cfg = get_cfg()
+    cfg.model.encoder_weights = None
+    cfg.model.encoder_params.update(encoder_params)
+    model = build_model(cfg)
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    ckpt = _save({"state_dict": state, "config": _plain(cfg), "global_step": 8}, tmp_path / "last.ckpt")
+    model.save_pretrained(str(tmp_path / "model"))
+    return ckpt, str(tmp_path / "model"), model
+
+
+@pytest.mark.parametrize("encoder_params,preset", [({}, "segmentation"), ({"preset": "detection"}, "detection")])
+def test_cli_takes_the_segmentation_trainers_outputs(tmp_path, capsys, encoder_params, preset):
+    """``fec visualize IMAGE --checkpoint output/fpn_fec_s/last.ckpt`` and ``... --checkpoint output/fpn_fec_s/model``
+    as docs/segmentation.md writes them: the FEC under ``model.encoder.`` / ``encoder.`` (registry encoder) or
+    ``...encoder.model.model.`` (smp's timm route) is found, with the recorded layout (else segmentation)."""
+    image = tmp_path / "scene.png"
+    draw_toy_scene(0, 128).save(image)
+    ckpt, folder, model = _segmentation_outputs(tmp_path, encoder_params)
+    for source in (ckpt, folder):
+        out = tmp_path / "clusters.png"
+        assert cli.main(["visualize", str(image), "--checkpoint", source, "--size", "128", "--out", str(out)]) == 0, \
+            capsys.readouterr().err
+        printed = capsys.readouterr().out
+        assert f"preset: {preset}" in printed and "model: fec_small" in printed and out.is_file(), printed
+        assert "encoder." in printed  # the prefix found
+    loaded, info = load_fec_backbone(None, folder)
+    wanted = {k.split("stem.proj.", 1)[1]: v for k, v in model.state_dict().items() if "stem.proj." in k}
+    assert all(torch.equal(loaded.stem.proj.state_dict()[k], v) for k, v in wanted.items())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["visualize", str(image), "--checkpoint", str(empty), "--out", str(tmp_path / "x.png")]) == 2
+    assert "folder without model.safetensors" in capsys.readouterr().err

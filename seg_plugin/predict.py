@@ -29,7 +29,8 @@ from fec_backbone import CheckpointError
 from .ade20k_meta import class_colours
 from .inference import MODES, LoadedModel, load_model, predict_scores
 
-__all__ = ["IMAGE_SUFFIXES", "InputError", "collect_inputs", "draw_overlay", "read_rgb", "main"]
+__all__ = ["IMAGE_SUFFIXES", "InputError", "Written", "collect_inputs", "draw_overlay", "predict_files", "read_rgb",
+           "main"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -114,6 +115,8 @@ def draw_overlay(image: np.ndarray, labels: np.ndarray, names: Sequence[str], co
 
 @dataclass
 class Written:
+    """The files written for one input image and the classes found in it, most frequent first."""
+
     source: Path
     overlay: Path
     labels: Path

@@ -18,8 +18,8 @@ import seg_plugin  # noqa: F401  (registers the FEC encoders)
 from fec_backbone import CheckpointError
 from seg_plugin import evaluate as ev
 from seg_plugin.data import AugmentConfig, eval_image
-from seg_plugin.inference import (_starts, aug_inference, forward_padded, load_model, slide_inference,
-                                  whole_inference)
+from seg_plugin.inference import (_starts, aug_inference, forward_padded, load_model, predict_scores,
+                                  slide_inference, whole_inference)
 from seg_toy_run import toy_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -133,3 +133,14 @@ def test_wrong_files_and_missing_data_are_refused_by_name(run, tmp_path, capsys)
     assert "nowhere/images/validation does not exist" in err and "ADEChallengeData2016 layout" in err
     with pytest.raises(CheckpointError, match="neither a saved smp model"):
         load_model(tmp_path)
+
+
+def test_an_official_checkpoint_loads_with_its_class_names(tmp_path):
+    from test_docs import official_stand_ins
+
+    official_stand_ins(tmp_path)
+    loaded = load_model(tmp_path / "fpn_fec_small_ade20k.pth")
+    assert loaded.kind == "official mmseg checkpoint" and loaded.num_classes == 150
+    assert loaded.class_names[:2] == ["class_0", "class_1"] and loaded.augment.eval_scale == (2048, 512)
+    image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    assert predict_scores(loaded, image, scale=(128, 64)).shape == (150, 37, 53)

@@ -165,5 +165,9 @@ def adaptive_mean_nhwc(x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
 
 
 def pool_centres(maps: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
-    """Adaptive-average-pooled centres of ``[G, h, w, C]`` maps -> ``[G, gh*gw, C]``."""
+    """Adaptive-average-pooled centres of ``[G, h, w, C]`` maps -> ``[G, gh*gw, C]``. Under ONNX export the
+    pool is :func:`adaptive_mean_nhwc` (the same bins): the exporter writes ``adaptive_avg_pool2d`` as an
+    ``AveragePool`` with the example input's kernel, which gives other grids at other input sizes."""
+    if torch.onnx.is_in_onnx_export():
+        return adaptive_mean_nhwc(maps, grid).flatten(1, 2)
     return F.adaptive_avg_pool2d(to_nchw(maps), grid).flatten(2).transpose(1, 2)

@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 __all__ = ["IGNORE_INDEX", "ADE20KDataset", "AugmentConfig", "Distortion", "SegDataError", "class_names",
-           "draw_distortion", "photometric_distortion", "read_pair", "rescale_size", "scan_split"]
+           "draw_distortion", "eval_image", "photometric_distortion", "read_pair", "rescale_size", "scan_split"]
 
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -237,6 +237,18 @@ def _normalize(image: np.ndarray, cfg: AugmentConfig) -> torch.Tensor:
     return TF.normalize(torch.from_numpy(np.array(image, np.float32)).permute(2, 0, 1), cfg.mean, cfg.std)
 
 
+def eval_image(image: np.ndarray, cfg: AugmentConfig, scale: Optional[Tuple[float, float]] = None) -> torch.Tensor:
+    """The official ``AlignResize`` of an RGB uint8 image ``[H, W, 3]``: keep-ratio rescale to ``scale``
+    (default ``cfg.eval_scale``), then a second resize (not padding) to multiples of ``cfg.size_divisor``;
+    returns the normalised ``[3, h, w]`` float tensor."""
+    height, width = image.shape[:2]
+    image, _ = _resize(image, None, rescale_size(height, width, scale or cfg.eval_scale))
+    div = cfg.size_divisor
+    height, width = image.shape[:2]
+    image, _ = _resize(image, None, (math.ceil(width / div) * div, math.ceil(height / div) * div))
+    return _normalize(image, cfg)
+
+
 class ADE20KDataset(Dataset):
     """Training split (``train=True``) or evaluation split of an ADE20K-layout folder.
 
@@ -258,12 +270,7 @@ class ADE20KDataset(Dataset):
         cfg = self.cfg
         if not self.train:
             image, labels = read_pair(*self.pairs[item], self.num_classes)
-            # the official AlignResize: keep-ratio rescale, then a second resize (not padding) to multiples of 32
-            image, _ = _resize(image, None, rescale_size(*labels.shape, cfg.eval_scale))
-            div = cfg.size_divisor
-            height, width = image.shape[:2]
-            image, _ = _resize(image, None, (math.ceil(width / div) * div, math.ceil(height / div) * div))
-            return _normalize(image, cfg), torch.from_numpy(labels.astype(np.int64))
+            return eval_image(image, cfg), torch.from_numpy(labels.astype(np.int64))
         index, position = item
         rng = np.random.default_rng([self.seed, self.rank, position])
         image, labels = read_pair(*self.pairs[index], self.num_classes)

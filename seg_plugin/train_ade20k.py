@@ -21,7 +21,8 @@ fpn`` trains smp's FPN instead: architecture arguments are kept per architecture
 Outputs in ``--out-dir``: ``last.ckpt`` (Lightning's, written atomically, every ``checkpoint_interval``
 iterations, at the end, and on SIGINT/SIGTERM), ``metrics.csv`` (Lightning's CSV log: loss, learning rate,
 mIoU, aAcc, per-class IoU), ``tensorboard/``, ``config.yaml`` and the final model in smp's format
-(``model/``, load with ``smp.from_pretrained``). A resumed run continues exactly as the uninterrupted run.
+(``model/``, load with ``smp.from_pretrained``; its ``class_names.txt`` and the checkpoint's
+``class_names`` record the dataset's class names). A resumed run continues exactly as the uninterrupted run.
 """
 from __future__ import annotations
 
@@ -70,6 +71,8 @@ __all__ = ["ConfigError", "Interrupted", "ModelPlan", "SegmentationModule", "bui
            "model_plan", "model_summary", "segmentation_loss", "train", "main"]
 
 CHECKPOINT = "last.ckpt"
+#: The class names of a run, one a line, written beside the saved model (``model/class_names.txt``).
+CLASS_NAMES = "class_names.txt"
 #: Settings a resumed run may change (they do not change the training trajectory); fnmatch patterns.
 RUN_ONLY = ("data.root", "data.workers", "train.*_interval", "train.eval_at_start", "train.tensorboard",
             "train.progress", "train.cpu_threads", "train.compile", "train.compile_mode", "train.cluster_backend")
@@ -427,7 +430,7 @@ class SegmentationModule(L.LightningModule):
         if dist.is_available() and dist.is_initialized():
             states = [None] * dist.get_world_size()
             dist.all_gather_object(states, capture_rng_state())
-        checkpoint.update(config=_plain(self.cfg), rng=states)
+        checkpoint.update(config=_plain(self.cfg), rng=states, class_names=list(self.names))
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"], self.state_dict())
@@ -639,6 +642,7 @@ def _train(cfg: CfgNode, out: Path, resume: Optional[str | os.PathLike], callbac
     if trainer.is_global_zero:
         module.model.save_pretrained(str(out / "model"), dataset=f"ADE20K-layout data at {d.root}",
                                      metrics={"mIoU": final["mIoU"], "aAcc": final["aAcc"]})
+        (out / "model" / CLASS_NAMES).write_text("\n".join(module.names) + "\n", encoding="utf-8")
     result.update(sec_per_iter=elapsed / max(trainer.global_step - start, 1), iterations=trainer.global_step,
                   unused_parameters=unused)
     return result

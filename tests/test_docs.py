@@ -80,6 +80,12 @@ def _seg_train(args: List[str], monkeypatch: pytest.MonkeyPatch) -> None:
     assert train_ade20k.main(args) == 0
 
 
+def _seg_evaluate(args: List[str]) -> None:
+    from seg_plugin import evaluate
+
+    evaluate.build_parser().parse_args(args)
+
+
 def _help(module: str) -> Callable[[List[str]], None]:
     """A command whose arguments need the user's files: its parser must accept the subcommand (``--help``)."""
     def check(args: List[str]) -> None:
@@ -110,6 +116,8 @@ MODULES: Dict[str, Callable] = {
     "d2_plugin.demo": _d2_demo,
     "seg_plugin.train_ade20k": _seg_train,
     "seg_plugin.weights": _help("seg_plugin.weights"),
+    "seg_plugin.evaluate": _seg_evaluate,
+    "seg_plugin.export": _help("seg_plugin.export"),
 }
 
 

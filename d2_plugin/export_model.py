@@ -30,7 +30,7 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import build_detection_test_loader, detection_utils
 from detectron2.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
 from detectron2.export import STABLE_ONNX_OPSET_VERSION, TracingAdapter, dump_torchscript_IR
-from detectron2.modeling import GeneralizedRCNN, RetinaNet, build_model
+from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.utils.logger import setup_logger
 
@@ -39,7 +39,7 @@ from fec_backbone.model_zoo import resolve_config
 from .checkpoint import FECCheckpointer
 from .config import add_fec_config
 
-__all__ = ["ExportError", "export_tracing", "main", "sample_inputs", "setup_cfg"]
+__all__ = ["ExportError", "export_tracing", "get_parser", "main", "sample_inputs", "setup_cfg"]
 
 logger = logging.getLogger("d2_plugin.export_model")
 
@@ -133,7 +133,7 @@ def _eval_wrapper(adapter: TracingAdapter, ts_model: torch.jit.ScriptModule) -> 
     return run
 
 
-def _parser() -> argparse.ArgumentParser:
+def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m d2_plugin.export_model",
                                      description="Export an FEC detector (Detectron2's tools/deploy/export_model.py).")
     parser.add_argument("--format", choices=["caffe2", "onnx", "torchscript"], default="torchscript",
@@ -149,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    args = get_parser().parse_args(argv)
     setup_logger(name="detectron2", abbrev_name="d2")
     setup_logger(name="d2_plugin", abbrev_name="fec")
     logger.info("Command line arguments: %s", args)

@@ -40,7 +40,8 @@ from fec_backbone.model_zoo import resolve_config
 from .checkpoint import FECCheckpointer
 from .config import add_fec_config
 
-__all__ = ["FECPredictor", "PredictError", "instances_to_json", "list_images", "main", "read_rgb_image", "setup_cfg"]
+__all__ = ["FECPredictor", "PredictError", "get_parser", "instances_to_json", "list_images", "main", "read_rgb_image",
+           "setup_cfg"]
 
 logger = logging.getLogger("d2_plugin.predict")
 
@@ -182,7 +183,7 @@ def _class_names(cfg: CfgNode, metadata) -> Optional[List[str]]:
     return list(names)
 
 
-def _parser() -> argparse.ArgumentParser:
+def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m d2_plugin.predict",
         description="Detect objects in images with an FEC detector; save each picture with its detections drawn "
@@ -229,7 +230,7 @@ def predict(args: argparse.Namespace) -> List[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    args = get_parser().parse_args(argv)
     setup_logger(name="fvcore")
     setup_logger(name="detectron2", abbrev_name="d2")
     setup_logger(name="d2_plugin", abbrev_name="fec")

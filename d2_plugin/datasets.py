@@ -19,6 +19,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 __all__ = [
+    "TOY_CLASSES",
     "TOY_SPLITS",
     "TOY_VARIANTS",
     "ToyDataNotGeneratedError",
@@ -28,6 +29,8 @@ __all__ = [
     "register_toy_dataset",
 ]
 
+#: The toy datasets' classes, in category id order (ids 1, 2, 3).
+TOY_CLASSES = ("circle", "square", "triangle")
 TOY_SPLITS = ("train", "val")
 #: Generated datasets by name prefix: images per split.
 TOY_VARIANTS: Dict[str, Dict[str, int]] = {
@@ -84,7 +87,9 @@ def register_toy_dataset(folder: str, prefix: str = "fec_toy") -> List[str]:
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
         DatasetCatalog.register(name, load)
-        MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
+        # thing_classes up front, as builtin.py sets COCO's: a predictor names the classes without the data
+        MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco",
+                                      thing_classes=list(TOY_CLASSES))
         names.append(name)
     return names
 

@@ -30,7 +30,7 @@ from PIL import Image
 from fec_backbone.toy_scenes import shapes_scene
 from fec_backbone.training import GeneratedDataError, ensure_generated
 
-from .datasets import TOY_SPLITS, TOY_VARIANTS, annotation_file, datasets_root, register_toy_dataset
+from .datasets import TOY_CLASSES, TOY_SPLITS, TOY_VARIANTS, annotation_file, datasets_root, register_toy_dataset
 
 __all__ = [
     "TOY_CLASSES",
@@ -46,7 +46,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TOY_CLASSES = ("circle", "square", "triangle")
 GENERATOR_VERSION = 2
 FIRST_SIZE = (250, 190)  # width, height of image 0 of every split
 

@@ -9,14 +9,17 @@ official mmdet FEC detector checkpoint.
 """
 from __future__ import annotations
 
+import logging
 import os
 import weakref
+from collections import OrderedDict
 
 import detectron2
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
-from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.engine import DefaultTrainer, default_setup, hooks
 from detectron2.evaluation import COCOEvaluator, verify_results
+from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils.logger import setup_logger
 
 from fec_backbone.model_zoo import resolve_config
@@ -57,6 +60,18 @@ class Trainer(ResumableTrainerMixin, DefaultTrainer):
         """Detectron2's test loader over the checked dataset dicts (:func:`d2_plugin.data.load_dataset_dicts`)."""
         return build_checked_test_loader(cfg, dataset_name)
 
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """Evaluate ``model`` wrapped in Detectron2's ``GeneralizedRCNNWithTTA`` (``TEST.AUG``: the
+        ``MIN_SIZES`` resizes, and their flips with ``FLIP``) on ``DATASETS.TEST``, into
+        ``OUTPUT_DIR/inference_TTA``; the results are named as :meth:`test` names them plus ``_TTA``."""
+        logging.getLogger("detectron2.trainer").info("Running inference with test-time augmentation ...")
+        model = GeneralizedRCNNWithTTA(cfg, model)
+        evaluators = [cls.build_evaluator(cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name))
+                      for name in cfg.DATASETS.TEST]
+        res = cls.test(cfg, model, evaluators)
+        return OrderedDict((k + "_TTA", v) for k, v in res.items())
+
 
 def setup(args):
     """The config of ``--config-file`` (a path, or a packaged name such as
@@ -75,7 +90,8 @@ def setup(args):
 
 def main(args):
     """Train (``--resume`` continues from ``OUTPUT_DIR/last_checkpoint``) or, with ``--eval-only``,
-    evaluate ``MODEL.WEIGHTS`` on ``DATASETS.TEST``."""
+    evaluate ``MODEL.WEIGHTS`` on ``DATASETS.TEST``; with ``TEST.AUG.ENABLED`` also with test-time
+    augmentation (:meth:`Trainer.test_with_TTA`), after training too."""
     cfg = setup(args)
     if comm.is_main_process():
         print(f"Detectron2 {detectron2.__version__} at {os.path.dirname(detectron2.__file__)}", flush=True)
@@ -83,9 +99,13 @@ def main(args):
         model = Trainer.build_model(cfg)
         FECCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            res.update(Trainer.test_with_TTA(cfg, model))
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
+    if cfg.TEST.AUG.ENABLED:
+        trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
     return trainer.train()

@@ -108,7 +108,36 @@ def _fec(args: List[str]) -> None:
     build_parser().parse_args(args)
 
 
+def _d2_predict(args: List[str]) -> None:
+    from d2_plugin.predict import get_parser, setup_cfg
+
+    setup_cfg(get_parser().parse_args(args))
+
+
+def _d2_export(args: List[str]) -> None:
+    from d2_plugin.export_model import get_parser, setup_cfg
+
+    setup_cfg(get_parser().parse_args(args))
+
+
+def _d2_demo(args: List[str]) -> None:
+    from d2_plugin.demo import _parser
+    from detectron2.config import get_cfg
+    from fec_backbone.model_zoo import resolve_config
+
+    import d2_plugin
+
+    parsed = _parser().parse_args(args)
+    cfg = get_cfg()
+    d2_plugin.add_fec_config(cfg)
+    cfg.merge_from_file(resolve_config(parsed.config_file))
+    cfg.merge_from_list(parsed.opts)
+
+
 MODULES: Dict[str, Callable] = {
+    "d2_plugin.demo": _d2_demo,
+    "d2_plugin.export_model": _d2_export,
+    "d2_plugin.predict": _d2_predict,
     "classification.train": _classification_train,
     "classification.validate": _classification_validate,
     "classification.predict": _classification_predict,

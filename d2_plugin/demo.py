@@ -31,7 +31,7 @@ def _ap(results: Dict, task: str) -> float:
     return float(results.get(task, {}).get("AP", float("nan")))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m d2_plugin.demo",
         description=(
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = get_parser().parse_args(argv)
     args.opts = ["OUTPUT_DIR", args.out_dir, *args.opts]  # an OUTPUT_DIR among the overrides wins
     cfg = setup(args)
     names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)

@@ -96,12 +96,6 @@ def _help(module: str) -> Callable[[List[str]], None]:
     return check
 
 
-def _d2_demo(args: List[str]) -> None:
-    from d2_plugin import demo
-
-    demo.build_parser().parse_args(args)
-
-
 def _fec(args: List[str]) -> None:
     from fec_backbone.cli import build_parser
 
@@ -121,13 +115,13 @@ def _d2_export(args: List[str]) -> None:
 
 
 def _d2_demo(args: List[str]) -> None:
-    from d2_plugin.demo import _parser
+    from d2_plugin.demo import get_parser
     from detectron2.config import get_cfg
     from fec_backbone.model_zoo import resolve_config
 
     import d2_plugin
 
-    parsed = _parser().parse_args(args)
+    parsed = get_parser().parse_args(args)
     cfg = get_cfg()
     d2_plugin.add_fec_config(cfg)
     cfg.merge_from_file(resolve_config(parsed.config_file))
@@ -142,7 +136,6 @@ MODULES: Dict[str, Callable] = {
     "classification.validate": _classification_validate,
     "classification.predict": _classification_predict,
     "d2_plugin.train_net": _d2_train_net,
-    "d2_plugin.demo": _d2_demo,
     "seg_plugin.train_ade20k": _seg_train,
     "seg_plugin.weights": _help("seg_plugin.weights"),
     "seg_plugin.evaluate": _seg_evaluate,

@@ -3,7 +3,6 @@ parameter count and initialisation, the official computation (against ``tests/re
 any smp encoder, and official ADE20K checkpoints converted key by key."""
 from __future__ import annotations
 
-import argparse
 import math
 
 import pytest

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
 import timm
@@ -203,3 +204,17 @@ def capture_inputs(model: torch.nn.Module, kinds: tuple) -> Tuple[Dict[str, torc
             handles.append(module.register_forward_pre_hook(
                 lambda m, args, name=name: inputs.__setitem__(name, args[0].detach().clone())))
     return inputs, handles
+
+
+#: scikit-learn's two sample photographs (427x640 RGB), the real pictures the predict commands are tried on
+PHOTOGRAPHS = ("china.jpg", "flower.jpg")
+
+
+def save_photographs(folder: Path, quality: int = 95) -> Path:
+    """Write :data:`PHOTOGRAPHS` into ``folder`` as JPEG files; returns ``folder``."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    for name in PHOTOGRAPHS:
+        Image.fromarray(load_sample_image(name)).save(Path(folder) / name, quality=quality)
+    return Path(folder)

@@ -20,6 +20,7 @@ from classification import predict, train
 from classification.data import DatasetError, ImageReadError
 from classification.toy_data import make_toy_imagefolder
 from fec_backbone.checkpoint import CheckpointError
+from helpers import save_photographs
 from reference_fec import reference_model
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
@@ -34,8 +35,7 @@ TOY_CLASSES = ["bottom_left", "bottom_right", "top_left", "top_right"]
 def workdir(tmp_path_factory):
     """A folder with china.jpg and flower.jpg (427x640 photographs) and ``output/toy/last.pth.tar``."""
     root = tmp_path_factory.mktemp("predict")
-    for name in ("china.jpg", "flower.jpg"):
-        Image.fromarray(sklearn_datasets.load_sample_image(name)).save(root / name)
+    save_photographs(root)
     data = str(root / "data" / "toy")
     make_toy_imagefolder(data, train_per_class=4, val_per_class=2, size=32, verbose=False)
     threads = torch.get_num_threads()

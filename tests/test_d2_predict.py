@@ -30,6 +30,7 @@ import d2_plugin  # noqa: E402
 from d2_plugin.predict import FECPredictor, main  # noqa: E402
 from d2_plugin.toy_data import TOY_CLASSES, prepare_toy_datasets  # noqa: E402
 from d2_plugin.trainer import Trainer  # noqa: E402
+from helpers import save_photographs  # noqa: E402
 from test_d2_official import save_official  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -59,10 +60,7 @@ def weights(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("photos")
-    for name in ("china.jpg", "flower.jpg"):
-        Image.fromarray(load_sample_image(name)).save(folder / name, quality=95)
-    return folder
+    return save_photographs(tmp_path_factory.mktemp("photos"))
 
 
 def _cfg(weights, threshold):

@@ -58,18 +58,23 @@ def _classification_predict(args: List[str]) -> None:
     predict.build_parser().parse_args(args)
 
 
-def _d2_train_net(args: List[str]) -> None:
+def _d2_config(parsed) -> None:
+    """A Detectron2 command's ``--config-file`` loaded with its overrides applied."""
     import d2_plugin  # noqa: F401  (registers the backbones)
     from detectron2.config import get_cfg
-    from detectron2.engine import default_argument_parser
 
     from fec_backbone.model_zoo import resolve_config
 
-    parsed = default_argument_parser().parse_args(args)
     cfg = get_cfg()
     d2_plugin.add_fec_config(cfg)
     cfg.merge_from_file(resolve_config(parsed.config_file))
     cfg.merge_from_list(parsed.opts)
+
+
+def _d2_train_net(args: List[str]) -> None:
+    from detectron2.engine import default_argument_parser
+
+    _d2_config(default_argument_parser().parse_args(args))
 
 
 def _seg_train(args: List[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -116,16 +121,8 @@ def _d2_export(args: List[str]) -> None:
 
 def _d2_demo(args: List[str]) -> None:
     from d2_plugin.demo import get_parser
-    from detectron2.config import get_cfg
-    from fec_backbone.model_zoo import resolve_config
 
-    import d2_plugin
-
-    parsed = get_parser().parse_args(args)
-    cfg = get_cfg()
-    d2_plugin.add_fec_config(cfg)
-    cfg.merge_from_file(resolve_config(parsed.config_file))
-    cfg.merge_from_list(parsed.opts)
+    _d2_config(get_parser().parse_args(args))
 
 
 MODULES: Dict[str, Callable] = {

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
+from helpers import save_photographs
 from seg_plugin.ade20k_meta import ADE20K_CLASSES, ADE20K_PALETTE, class_colours
 from seg_toy_run import REPO, toy_run
 
@@ -25,10 +26,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("photos")
-    for name in ("china.jpg", "flower.jpg"):
-        Image.fromarray(load_sample_image(name)).save(folder / name, quality=95)
-    return folder
+    return save_photographs(tmp_path_factory.mktemp("photos"))
 
 
 def predict(*args, cwd=REPO):

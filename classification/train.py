@@ -194,11 +194,21 @@ def _serialisable(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    """Train; returns the metrics of the last epoch (and ``output``, the run folder)."""
+    """Train; returns the metrics of the last epoch (and ``output``, the run folder). The clustering backend
+    and thread count it sets are the caller's again when it returns."""
     args, resume_state = parse_args(argv)
+    threads, backend = torch.get_num_threads(), cluster_ops.get_backend()
     cluster_ops.set_backend(args.cluster_backend)
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        return _train(args, resume_state)
+    finally:
+        torch.set_num_threads(threads)
+        cluster_ops.set_backend(backend)
+
+
+def _train(args: argparse.Namespace, resume_state: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = init_distributed_device(args)

@@ -14,6 +14,7 @@ import torch
 from classification import train, validate
 from classification.data import DatasetError, ImageReadError
 from classification.toy_data import make_toy_imagefolder
+from fec_backbone import cluster_ops
 from fec_backbone.checkpoint import CheckpointError
 from fec_backbone.training import ResumeConfigError
 from reference_fec import reference_model
@@ -206,8 +207,10 @@ def test_torchcompile_trains_the_same_run_and_checkpoints_plain_keys(tiny, tmp_p
     common = ["-c", TOY_CFG, "--data-dir", tiny, "--img-size", "32", "-b", "8", "--epochs", "2", "--workers", "0",
               "--threads", "1", "--model-ema", "--model-ema-decay", "0.9"]
     eager = train.main(common + ["--output", str(tmp_path / "eager")])
+    backend = cluster_ops.get_backend()
     compiled = train.main(common + ["--output", str(tmp_path / "compiled"), "--torchcompile", "aot_eager",
                                     "--cluster-backend", "matmul"])
+    assert cluster_ops.get_backend() == backend  # the run's backend is not left behind for the caller
     assert abs(compiled["train"]["loss"] - eager["train"]["loss"]) <= 1e-4 * abs(eager["train"]["loss"])
     a = torch.load(tmp_path / "eager" / "last.pth.tar", weights_only=True)
     b = torch.load(tmp_path / "compiled" / "last.pth.tar", weights_only=True)

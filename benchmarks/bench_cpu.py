@@ -5,10 +5,13 @@ Measures, each case in a fresh process (so peak memory is that case's own):
   * the whole model, forward + backward, at 224 px (batch 32, classification preset) and at
     detection resolution (800x1344, batch 1, detection preset);
   * the CPU clustering backends (torch, matmul) on the op (the fused ``triton`` backend is for GPUs:
-    ``bench_gpu.py``).
+    ``bench_gpu.py``);
+  * with ``--compiled``, the detection step of our model eager against ``torch.compile`` (static shape,
+    as ``MODEL.FEC.COMPILE`` builds it), with the one-off compile time.
 
     python benchmarks/bench_cpu.py            # everything (a few minutes on 2 cores)
     python benchmarks/bench_cpu.py --quick    # smaller shapes, a smoke run
+    python benchmarks/bench_cpu.py --compiled --skip-detection   # adds the compiled row (minutes to compile)
 """
 from __future__ import annotations
 
@@ -72,10 +75,8 @@ def _op_case(impl: str, shape: Tuple[int, int, int, int, int], repeats: int, bac
 
 
 def _model_case(impl: str, name: str, preset: str, batch: int, size: Tuple[int, int], repeats: int) -> Dict[str, float]:
-    import timm
     import torch
 
-    import fec_backbone
     from helpers import oracle_pair
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
@@ -93,6 +94,31 @@ def _model_case(impl: str, name: str, preset: str, batch: int, size: Tuple[int, 
     return {"seconds": seconds, "peak_mib": _rss_mib() - base}
 
 
+def _compiled_case(mode: str, preset: str, batch: int, size: Tuple[int, int], repeats: int) -> Dict[str, float]:
+    """Our FEC-S forward+backward, eager or compiled (``mode``), and the first step's seconds."""
+    import timm
+    import torch
+
+    import fec_backbone  # noqa: F401  (registers the models)
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    torch.manual_seed(0)
+    model = timm.create_model("fec_small", preset=preset, features_only=True)
+    run = torch.compile(model, fullgraph=True, dynamic=False) if mode == "compiled" else model
+    x = torch.randn(batch, 3, *size)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        sum(f.float().mean() for f in run(x)).backward()
+
+    start = time.perf_counter()
+    step()
+    first = time.perf_counter() - start
+    base = _rss_mib()
+    seconds = _time(step, repeats)
+    return {"seconds": seconds, "first_s": first, "peak_mib": _rss_mib() - base}
+
+
 def _run(fn: Callable, *args) -> Dict[str, float]:
     with mp.get_context("spawn").Pool(1) as pool:
         return pool.apply(fn, args)
@@ -102,6 +128,7 @@ def main(argv: List[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, one repeat")
     parser.add_argument("--skip-detection", action="store_true", help="skip the 800x1344 model case")
+    parser.add_argument("--compiled", action="store_true", help="add the eager-vs-compiled detection step")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else 3
     from fec_backbone import cluster_ops
@@ -137,6 +164,17 @@ def main(argv: List[str] | None = None) -> None:
         print(
             f"{label:<58}{r['seconds']:>12.3f}{o['seconds']:>9.3f}{r['seconds'] / o['seconds']:>9.2f}x"
             f"{r['peak_mib']:>9.0f}{o['peak_mib']:>9.0f}{r['peak_mib'] / max(o['peak_mib'], 1):>9.2f}x"
+        )
+    if args.compiled:
+        det = (416, 672) if args.quick else (800, 1344)
+        eager = _run(_compiled_case, "eager", "detection", 1, det, repeats)
+        compiled = _run(_compiled_case, "compiled", "detection", 1, det, repeats)
+        print(f"\n{'case':<58}{'eager s':>9}{'compiled s':>12}{'speed-up':>10}{'compile s':>11}{'mem ratio':>10}")
+        print(
+            f"{f'FEC-S detection backbone fwd+bwd {det[0]}x{det[1]} batch 1':<58}{eager['seconds']:>9.3f}"
+            f"{compiled['seconds']:>12.3f}{eager['seconds'] / compiled['seconds']:>9.2f}x"
+            f"{compiled['first_s'] - compiled['seconds']:>11.0f}"
+            f"{eager['peak_mib'] / max(compiled['peak_mib'], 1):>9.2f}x"
         )
 
 
